@@ -1,6 +1,6 @@
 module github.com/certmail/certmail
 
-go 1.26
+go 1.26.8
 
 require (
 	github.com/alicebob/miniredis/v2 v2.40.0

@@ -1,0 +1,247 @@
+package tasks
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/hibiken/asynq"
+
+	"github.com/certmail/certmail/internal/outcome"
+	"github.com/certmail/certmail/internal/providers"
+	"github.com/certmail/certmail/internal/redact"
+)
+
+// Recorder stores attempt outcomes; *outcome.Store implements it.
+type Recorder interface {
+	Record(ctx context.Context, a outcome.Attempt, dead *outcome.DeadLetter) error
+	SucceededAt(ctx context.Context, taskID string) (time.Time, bool, error)
+}
+
+// Observer receives every attempt for metrics; it may be nil.
+type Observer interface {
+	ObserveAttempt(provider string, o outcome.Outcome, providerLatency time.Duration)
+}
+
+// Handler runs the resend tasks of every configured provider. It is one
+// struct holding its dependencies; the provider is picked by task type.
+type Handler struct {
+	// Resenders maps each configured provider to its client. Tasks of a
+	// provider missing here are never fetched: the worker does not consume
+	// that queue.
+	Resenders map[providers.Name]providers.Resender
+	Recorder  Recorder
+	Observer  Observer
+	Logger    *slog.Logger
+	// ProviderTimeout caps one provider call (also capped by the task's
+	// own deadline minus a margin to record the outcome).
+	ProviderTimeout time.Duration
+	InAttempt       InAttempt
+	// Now is the clock; nil means time.Now.
+	Now func() time.Time
+}
+
+// recordMargin is kept from the task deadline so the outcome of a call that
+// ran out of time can still be written.
+const recordMargin = 2 * time.Second
+
+// Result is what a succeeded task stores as its asynq result.
+type Result struct {
+	Provider        string    `json:"provider"`
+	OrderID         string    `json:"order_id"`
+	Reference       string    `json:"reference,omitempty"`
+	Attempt         int       `json:"attempt"`
+	HTTPStatus      int       `json:"http_status,omitempty"`
+	ProviderCode    string    `json:"provider_code,omitempty"`
+	ProviderMessage string    `json:"provider_message,omitempty"`
+	Duplicate       bool      `json:"duplicate_suppressed,omitempty"`
+	CompletedAt     time.Time `json:"completed_at"`
+}
+
+func (h *Handler) now() time.Time {
+	if h.Now != nil {
+		return h.Now()
+	}
+	return time.Now()
+}
+
+// ProcessTask implements asynq.Handler.
+func (h *Handler) ProcessTask(ctx context.Context, t *asynq.Task) error {
+	start := h.now()
+	id, _ := asynq.GetTaskID(ctx)
+	queue, _ := asynq.GetQueueName(ctx)
+	retried, _ := asynq.GetRetryCount(ctx)
+	maxRetry, _ := asynq.GetMaxRetry(ctx)
+	orderID, ref := Meta(t.Payload())
+	a := outcome.Attempt{
+		TaskID: id, Type: t.Type(), Queue: queue, Provider: queue,
+		OrderID: orderID, Reference: ref, Attempt: retried + 1, At: start,
+	}
+	dead := func(class string, err error) *outcome.DeadLetter {
+		return &outcome.DeadLetter{
+			ID: id, Type: t.Type(), Queue: queue, Provider: queue, OrderID: orderID, Reference: ref,
+			Payload: outcome.Payload(t.Payload()), Retried: retried, MaxRetry: maxRetry,
+			LastError: redact.Emails(err.Error()), LastFailedAt: h.now(), Class: class, Source: "handler",
+		}
+	}
+
+	p, err := Decode(t.Type(), t.Payload())
+	if err != nil {
+		err = fmt.Errorf("invalid payload: %w", err)
+		a.Outcome, a.Class, a.Error = outcome.Dead, "invalid_payload", err.Error()
+		h.finish(ctx, start, &a, dead("invalid_payload", err), 0)
+		return &deadError{err}
+	}
+	a.Provider = string(p.Provider())
+	r, ok := h.Resenders[p.Provider()]
+	if !ok {
+		// Only reachable if a task sits in the wrong queue: the worker does
+		// not consume queues of unconfigured providers.
+		err := fmt.Errorf("provider %s is not configured on this worker", p.Provider())
+		a.Outcome, a.Class, a.Error = outcome.Retrying, "configuration", err.Error()
+		h.finish(ctx, start, &a, nil, 0)
+		return err
+	}
+
+	if at, done, err := h.Recorder.SucceededAt(ctx, id); err != nil {
+		return fmt.Errorf("check idempotency mark: %w", err) // Redis trouble: retry
+	} else if done {
+		// Delivered once already (a crash or lease loss came between the
+		// provider's answer and asynq's ack): do not email twice.
+		a.Outcome, a.Class = outcome.Succeeded, providers.Success.String()
+		a.ProviderMessage = "already resent at " + at.UTC().Format(time.RFC3339) + "; duplicate delivery suppressed"
+		res := Result{Provider: a.Provider, OrderID: orderID, Reference: ref, Attempt: a.Attempt,
+			ProviderMessage: a.ProviderMessage, Duplicate: true, CompletedAt: h.now()}
+		h.writeResult(ctx, t, res)
+		h.finish(ctx, start, &a, nil, 0)
+		return nil
+	}
+
+	callCtx, cancel := h.callContext(ctx)
+	callStart := h.now()
+	res, err := h.InAttempt.call(callCtx, func() (providers.Result, error) { return r.Resend(callCtx, p.Request()) })
+	cancel()
+	latency := h.now().Sub(callStart)
+
+	if err == nil {
+		a.Outcome, a.Class = outcome.Succeeded, providers.Success.String()
+		a.HTTPStatus, a.ProviderCode, a.ProviderMessage = res.StatusCode, res.Code, res.Message
+		h.writeResult(ctx, t, Result{Provider: a.Provider, OrderID: orderID, Reference: ref, Attempt: a.Attempt,
+			HTTPStatus: res.StatusCode, ProviderCode: res.Code, ProviderMessage: res.Message, CompletedAt: h.now()})
+		h.finish(ctx, start, &a, nil, latency)
+		return nil
+	}
+
+	d := providers.Describe(err)
+	msg := redact.Emails(err.Error())
+	a.Class, a.HTTPStatus, a.ProviderCode, a.ProviderMessage, a.Error = d.Class.String(), d.StatusCode, d.Code, redact.Emails(d.Message), msg
+	last := retried >= maxRetry
+	switch {
+	case errors.Is(ctx.Err(), context.Canceled):
+		// Shutdown or lease loss: asynq puts the task back without counting
+		// a failure. It is not dead, whatever its retry count.
+		a.Outcome = outcome.Retrying
+		h.finish(ctx, start, &a, nil, latency)
+		return fmt.Errorf("interrupted: %s", msg)
+	case d.Class == providers.Permanent || d.Class == providers.Configuration:
+		a.Outcome = outcome.Dead
+		h.finish(ctx, start, &a, dead(d.Class.String(), errors.New(msg)), latency)
+		return &deadError{errors.New(msg)}
+	case d.Class == providers.RateLimited && !last:
+		a.Outcome = outcome.RateLimited
+		a.RetryInMS = d.RetryAfter.Milliseconds()
+		h.finish(ctx, start, &a, nil, latency)
+		return &RateLimitError{RetryIn: d.RetryAfter, Err: errors.New(msg)}
+	case last:
+		// asynq archives the task when this attempt fails (for a rate limit
+		// too: a task with no budget left cannot bounce).
+		a.Outcome = outcome.Dead
+		class := "retries_exhausted"
+		h.finish(ctx, start, &a, dead(class, errors.New(msg)), latency)
+		return errors.New(msg)
+	default:
+		a.Outcome = outcome.Retrying
+		h.finish(ctx, start, &a, nil, latency)
+		return errors.New(msg)
+	}
+}
+
+// callContext bounds one provider call by ProviderTimeout and by the task's
+// deadline less recordMargin.
+func (h *Handler) callContext(ctx context.Context) (context.Context, context.CancelFunc) {
+	timeout := h.ProviderTimeout
+	if dl, ok := ctx.Deadline(); ok {
+		left := time.Until(dl) - recordMargin
+		if left < time.Second {
+			left = time.Until(dl) / 2
+		}
+		if timeout <= 0 || left < timeout {
+			timeout = left
+		}
+	}
+	if timeout <= 0 {
+		return context.WithCancel(ctx)
+	}
+	return context.WithTimeout(ctx, timeout)
+}
+
+func (h *Handler) writeResult(ctx context.Context, t *asynq.Task, res Result) {
+	b, err := json.Marshal(res)
+	if err != nil {
+		return
+	}
+	if w := t.ResultWriter(); w != nil {
+		if _, err := w.Write(b); err != nil {
+			h.Logger.WarnContext(ctx, "could not store task result", "error", err.Error())
+		}
+	}
+}
+
+// finish records the attempt (even when the task's context has ended),
+// reports it to the observer and logs it.
+func (h *Handler) finish(ctx context.Context, start time.Time, a *outcome.Attempt, dead *outcome.DeadLetter, latency time.Duration) {
+	a.DurationMS = float64(h.now().Sub(start).Microseconds()) / 1000
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancel()
+	recErr := h.Recorder.Record(rctx, *a, dead)
+	if h.Observer != nil {
+		h.Observer.ObserveAttempt(a.Provider, a.Outcome, latency)
+	}
+	attrs := []any{
+		"task_id", a.TaskID, "type", a.Type, "provider", a.Provider, "order_id", a.OrderID,
+		"attempt", a.Attempt, "outcome", string(a.Outcome), "duration_ms", a.DurationMS,
+	}
+	if a.Reference != "" {
+		attrs = append(attrs, "reference", a.Reference)
+	}
+	if a.Class != "" && a.Outcome != outcome.Succeeded {
+		attrs = append(attrs, "class", a.Class)
+	}
+	if a.HTTPStatus != 0 {
+		attrs = append(attrs, "http_status", a.HTTPStatus)
+	}
+	if a.ProviderCode != "" {
+		attrs = append(attrs, "provider_code", a.ProviderCode)
+	}
+	if a.Error != "" {
+		attrs = append(attrs, "error", a.Error)
+	}
+	if a.RetryInMS > 0 {
+		attrs = append(attrs, "retry_in_ms", a.RetryInMS)
+	}
+	level := slog.LevelInfo
+	switch a.Outcome {
+	case outcome.Retrying, outcome.RateLimited:
+		level = slog.LevelWarn
+	case outcome.Dead:
+		level = slog.LevelError
+	}
+	if recErr != nil {
+		attrs = append(attrs, "record_error", recErr.Error())
+		level = slog.LevelError
+	}
+	h.Logger.Log(ctx, level, "resend attempt", attrs...)
+}

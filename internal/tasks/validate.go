@@ -1,0 +1,108 @@
+package tasks
+
+import (
+	"fmt"
+	"net/mail"
+	"regexp"
+	"strings"
+	"unicode"
+	"unicode/utf8"
+)
+
+// FieldError is a validation failure of one payload field. Its message names
+// the field first so that CLIs can print it as a one-line diagnosis.
+type FieldError struct {
+	Field  string
+	Reason string
+}
+
+func (e *FieldError) Error() string { return e.Field + ": " + e.Reason }
+
+func fieldErr(field, format string, args ...any) error {
+	return &FieldError{Field: field, Reason: fmt.Sprintf(format, args...)}
+}
+
+var (
+	orderIDRE = regexp.MustCompile(`^[0-9]{1,20}$`)
+	localeRE  = regexp.MustCompile(`^[a-z]{2}(_[A-Z]{2})?$`)
+	labelRE   = regexp.MustCompile(`^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$`)
+)
+
+// MaxReferenceLen is the longest reference accepted, in characters.
+const MaxReferenceLen = 128
+
+func validateOrderID(s string) error {
+	if s == "" {
+		return fieldErr("order_id", "is required")
+	}
+	if !orderIDRE.MatchString(s) {
+		return fieldErr("order_id", "must be 1-20 ASCII digits, got %q", truncate(s))
+	}
+	return nil
+}
+
+func validateReference(s string) error {
+	if !utf8.ValidString(s) {
+		return fieldErr("reference", "must be valid UTF-8")
+	}
+	if n := utf8.RuneCountInString(s); n > MaxReferenceLen {
+		return fieldErr("reference", "must be at most %d characters, got %d", MaxReferenceLen, n)
+	}
+	for _, r := range s {
+		if !unicode.IsPrint(r) {
+			return fieldErr("reference", "must be printable characters only, found %U", r)
+		}
+	}
+	return nil
+}
+
+func validateEmail(field, s string) error {
+	if s == "" {
+		return fieldErr(field, "is required")
+	}
+	a, err := mail.ParseAddress(s)
+	if err != nil || a.Name != "" || a.Address != s {
+		return fieldErr(field, "must be a bare email address like admin@example.com")
+	}
+	at := strings.LastIndexByte(s, '@')
+	if validateDomain(field, s[at+1:]) != nil {
+		return fieldErr(field, "must be a bare email address with a valid domain")
+	}
+	return nil
+}
+
+func validateDomain(field, s string) error {
+	if s == "" {
+		return fieldErr(field, "is required")
+	}
+	if len(s) > 253 {
+		return fieldErr(field, "must be at most 253 characters")
+	}
+	labels := strings.Split(s, ".")
+	if len(labels) < 2 {
+		return fieldErr(field, "must be a fully qualified hostname like example.com, got %q", truncate(s))
+	}
+	for _, l := range labels {
+		if !labelRE.MatchString(l) {
+			return fieldErr(field, "must be a valid hostname like example.com, got %q", truncate(s))
+		}
+	}
+	return nil
+}
+
+func validateLocale(s string) error {
+	if s != "" && !localeRE.MatchString(s) {
+		return fieldErr("locale", "must look like en or pt_BR, got %q", truncate(s))
+	}
+	return nil
+}
+
+// truncate keeps error messages one short line whatever the input.
+func truncate(s string) string {
+	const max = 40
+	if utf8.RuneCountInString(s) <= max {
+		return s
+	}
+	r := []rune(s)
+	return string(r[:max]) + "…"
+}
