@@ -42,14 +42,23 @@ const (
 	snippetLen       = 200
 )
 
-// secret holds the API key; every fmt verb prints it as [redacted].
-type secret string
+// secret holds the API key. The Client keeps a pointer to it, so printing a
+// Client value shows an address, and every fmt verb on the secret itself
+// prints [redacted].
+type secret struct{ key string }
 
-func (secret) String() string              { return "[redacted]" }
-func (secret) GoString() string            { return "[redacted]" }
-func (secret) Format(f fmt.State, _ rune)  { _, _ = io.WriteString(f, "[redacted]") }
-func (s secret) reveal() string            { return string(s) }
-func (s secret) redact(text string) string { return redactKey(text, string(s)) }
+func (*secret) String() string             { return "[redacted]" }
+func (*secret) GoString() string           { return "[redacted]" }
+func (*secret) Format(f fmt.State, _ rune) { _, _ = io.WriteString(f, "[redacted]") }
+
+func (s *secret) reveal() string {
+	if s == nil {
+		return ""
+	}
+	return s.key
+}
+
+func (s *secret) redact(text string) string { return redactKey(text, s.reveal()) }
 
 func redactKey(text, key string) string {
 	if key == "" {
@@ -62,7 +71,7 @@ func redactKey(text, key string) string {
 type Client struct {
 	baseURL   *url.URL
 	username  string
-	apiKey    secret
+	apiKey    *secret
 	hc        *http.Client
 	timeout   time.Duration
 	userAgent string
@@ -137,7 +146,7 @@ func WithCredentials(username, apiKey string) Option {
 				return errors.New("opensrs: API key must be printable ASCII without spaces")
 			}
 		}
-		c.username, c.apiKey = username, secret(apiKey)
+		c.username, c.apiKey = username, &secret{apiKey}
 		return nil
 	}
 }
@@ -208,7 +217,7 @@ func New(opts ...Option) (*Client, error) {
 			return nil, err
 		}
 	}
-	if c.username == "" || c.apiKey == "" {
+	if c.username == "" || c.apiKey.reveal() == "" {
 		return nil, errors.New("opensrs: credentials are required (WithCredentials)")
 	}
 	if c.hc == nil {
@@ -226,18 +235,15 @@ func defaultHTTPClient() *http.Client {
 }
 
 // String describes the client without its API key.
-func (c *Client) String() string {
-	if c == nil {
-		return "opensrs.Client(nil)"
-	}
+func (c Client) String() string {
 	return fmt.Sprintf("opensrs.Client{baseURL: %s, username: %s, apiKey: [redacted], timeout: %v}", c.baseURL, c.username, c.timeout)
 }
 
 // GoString is String, so %#v does not print the key either.
-func (c *Client) GoString() string { return c.String() }
+func (c Client) GoString() string { return c.String() }
 
 // Format prints String for every verb.
-func (c *Client) Format(f fmt.State, _ rune) { _, _ = io.WriteString(f, c.String()) }
+func (c Client) Format(f fmt.State, _ rune) { _, _ = io.WriteString(f, c.String()) }
 
 // ResendCertEmail resends the certificate (fulfilment) email of a completed
 // trust service order. On an OPS error reply it returns the decoded reply
@@ -433,7 +439,7 @@ func (c *Client) transportError(parent, callCtx context.Context, err error, st *
 	case errors.As(err, &certErr) || errors.As(err, &unknownCA) || errors.As(err, &hostErr) || errors.As(err, &invalid):
 		e.Class = providers.Configuration
 		e.Message = "TLS certificate verification failed: " + msg + "; check the base URL and the system trust store (verification is never disabled)"
-	case strings.Contains(msg, `malformed HTTP response "<`):
+	case isBareXML(msg):
 		e.Class = providers.Configuration
 		e.NotSent = false
 		e.Message = "OpenSRS answered with bare XML and no HTTP status line, which is how it rejects callers whose IP address is not allowed: " + AllowListHint
@@ -459,6 +465,24 @@ func (c *Client) cancelled(ctxErr, err error, notSent bool) error {
 		msg = "request not sent: " + ctxErr.Error()
 	}
 	return &APIError{Class: providers.Transient, NotSent: notSent, Message: msg, Err: wrapped}
+}
+
+// isBareXML recognises net/http's complaint about a reply that starts with
+// XML instead of an HTTP status line. Depending on the first line Go reports
+// `malformed HTTP response "<OPS_envelope>"` (no space in it) or, for an XML
+// declaration such as "<?xml version='1.0' …", `malformed HTTP status code
+// "version='1.0'"` (it took "<?xml" for the protocol).
+func isBareXML(msg string) bool {
+	for _, p := range []string{
+		`malformed HTTP response "<`,
+		`malformed HTTP status code "version=`,
+		`malformed HTTP version "<`,
+	} {
+		if strings.Contains(msg, p) {
+			return true
+		}
+	}
+	return false
 }
 
 // innerError strips the *url.Error wrapper ("Post \"https://…\": …").

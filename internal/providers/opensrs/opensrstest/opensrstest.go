@@ -35,8 +35,8 @@ type Behavior struct {
 	// RateLimited: the first N requests get is_success=0, response_code 300
 	// "Max command rate exceeded".
 	RateLimited int
-	// TransientFailures: the next N requests get HTTP 503 with no OPS body
-	// (a plain-text body).
+	// TransientFailures: the next N requests get HTTP 503 with an empty
+	// body (no OPS reply).
 	TransientFailures int
 	// ErrorCode, if non-zero, makes every later request fail with this OPS
 	// response_code (is_success=0) ...
@@ -46,7 +46,8 @@ type Behavior struct {
 	// Delay waits this long before answering (cut short when the client
 	// gives up or the server closes).
 	Delay time.Duration
-	// Hang never answers until the client gives up or the server closes.
+	// Hang never answers until the client gives up or the server closes;
+	// then the connection is dropped without a response (also for Delay).
 	Hang bool
 	// IPNotAllowed answers with a bare XML body and no HTTP status line, on
 	// a hijacked connection, like OpenSRS to callers outside its allow list.
@@ -211,7 +212,20 @@ func (s *Server) handle(w http.ResponseWriter, r *http.Request) {
 	s.mu.Lock()
 	s.requests[idx].Outcome = out
 	s.mu.Unlock()
+	if out == abandoned || out == closedDelay || out == closedHang || out == hungGaveUp {
+		// Drop the connection without any response, as a server that goes
+		// away would; returning normally would send an empty 200.
+		panic(http.ErrAbortHandler)
+	}
 }
+
+// Outcomes of requests that were never answered.
+var (
+	abandoned   = Outcome{Text: "client gave up before the answer"}
+	closedDelay = Outcome{Text: "server closed during delay"}
+	closedHang  = Outcome{Text: "hung until the server closed"}
+	hungGaveUp  = Outcome{Text: "hung until the client gave up"}
+)
 
 func (s *Server) answer(w http.ResponseWriter, r *http.Request, body []byte, readErr error, env envelope, parseErr error, b Behavior) Outcome {
 	if b.Delay > 0 {
@@ -220,17 +234,17 @@ func (s *Server) answer(w http.ResponseWriter, r *http.Request, body []byte, rea
 		select {
 		case <-t.C:
 		case <-r.Context().Done():
-			return Outcome{Text: "client gave up during delay"}
+			return abandoned
 		case <-s.closing:
-			return Outcome{Text: "server closed during delay"}
+			return closedDelay
 		}
 	}
 	if b.Hang {
 		select {
 		case <-r.Context().Done():
-			return Outcome{Text: "hung until the client gave up"}
+			return hungGaveUp
 		case <-s.closing:
-			return Outcome{Text: "hung until the server closed"}
+			return closedHang
 		}
 	}
 	if b.IPNotAllowed {
@@ -284,7 +298,8 @@ func (s *Server) answer(w http.ResponseWriter, r *http.Request, body []byte, rea
 	case n < b.RateLimited:
 		return reply(w, 300, "Max command rate exceeded", "")
 	case n < b.RateLimited+b.TransientFailures:
-		return plain(w, http.StatusServiceUnavailable, "Service Temporarily Unavailable")
+		w.WriteHeader(http.StatusServiceUnavailable)
+		return Outcome{StatusCode: http.StatusServiceUnavailable, Text: "transient failure (empty body)"}
 	case b.ErrorCode != 0:
 		text := b.ErrorText
 		if text == "" {
@@ -405,9 +420,11 @@ func replyBody(success bool, code int, text, orderID string) []byte {
 	return b.Bytes()
 }
 
-// IPDeniedBody is the bare XML the simulator writes, without any HTTP status
-// line, to callers configured with IPNotAllowed.
-var IPDeniedBody = replyBody(false, 400, "Access denied: invalid IP address", "")
+var ipDeniedBody = replyBody(false, 400, "Access denied: invalid IP address", "")
+
+// IPDeniedBody returns the bare XML the simulator writes, without any HTTP
+// status line, to callers configured with IPNotAllowed.
+func IPDeniedBody() []byte { return bytes.Clone(ipDeniedBody) }
 
 func (s *Server) ipDenied(w http.ResponseWriter) Outcome {
 	hj, ok := w.(http.Hijacker)
@@ -420,7 +437,7 @@ func (s *Server) ipDenied(w http.ResponseWriter) Outcome {
 	}
 	defer conn.Close()
 	_ = conn.SetWriteDeadline(time.Now().Add(5 * time.Second))
-	_, _ = buf.Write(IPDeniedBody)
+	_, _ = buf.Write(ipDeniedBody)
 	_ = buf.Flush()
 	return Outcome{Code: 400, Text: "Access denied: invalid IP address (bare XML, no status line)"}
 }
