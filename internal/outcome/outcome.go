@@ -18,6 +18,7 @@
 package outcome
 
 import (
+	"bytes"
 	"encoding/json"
 	"time"
 )
@@ -101,10 +102,16 @@ type DeadLetter struct {
 // bad task is still kept, byte for byte).
 type Payload []byte
 
-// MarshalJSON implements json.Marshaler.
+// MarshalJSON implements json.Marshaler. A payload that is a JSON object or
+// array is emitted as that value (compacted: scripts read it as an object,
+// as the dlq and status contracts promise); anything else, including broken
+// JSON, is emitted as a string holding the bytes.
 func (p Payload) MarshalJSON() ([]byte, error) {
-	if len(p) > 0 && json.Valid(p) {
-		return append([]byte(nil), p...), nil
+	if t := bytes.TrimSpace(p); len(t) > 0 && (t[0] == '{' || t[0] == '[') && json.Valid(t) {
+		var c bytes.Buffer
+		if err := json.Compact(&c, t); err == nil {
+			return c.Bytes(), nil
+		}
 	}
 	return json.Marshal(string(p))
 }

@@ -90,7 +90,7 @@ func (h *Handler) ProcessTask(ctx context.Context, t *asynq.Task) error {
 
 	p, err := Decode(t.Type(), t.Payload())
 	if err != nil {
-		err = fmt.Errorf("invalid payload: %w", err)
+		err = fmt.Errorf("invalid payload: %s", redact.Emails(err.Error()))
 		a.Outcome, a.Class, a.Error = outcome.Dead, "invalid_payload", err.Error()
 		h.finish(ctx, start, &a, dead("invalid_payload", err), 0)
 		return &deadError{err}

@@ -1,0 +1,512 @@
+package tasks
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"log/slog"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/hibiken/asynq"
+	"github.com/redis/go-redis/v9"
+	"github.com/stretchr/testify/require"
+
+	"github.com/certmail/certmail/internal/outcome"
+	"github.com/certmail/certmail/internal/providers"
+	"github.com/certmail/certmail/internal/redistest"
+)
+
+// fakeResender is a providers.Resender answering with ResendFunc and
+// remembering every request.
+type fakeResender struct {
+	ResendFunc func(ctx context.Context, n int, req providers.Request) (providers.Result, error)
+
+	mu    sync.Mutex
+	calls []providers.Request
+}
+
+func (f *fakeResender) Resend(ctx context.Context, req providers.Request) (providers.Result, error) {
+	f.mu.Lock()
+	f.calls = append(f.calls, req)
+	n := len(f.calls)
+	f.mu.Unlock()
+	if f.ResendFunc == nil {
+		return providers.Result{Provider: providers.OpenSRS, StatusCode: 200}, nil
+	}
+	return f.ResendFunc(ctx, n, req)
+}
+
+func (f *fakeResender) Calls() []providers.Request {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return append([]providers.Request(nil), f.calls...)
+}
+
+// handlerBundle is a handler wired to a real outcome.Store and asynq server
+// on one test backend.
+type handlerBundle struct {
+	rdb      *redis.Client
+	store    *outcome.Store
+	insp     *asynq.Inspector
+	enq      *Enqueuer
+	resender *fakeResender
+	handler  *Handler
+}
+
+func setupHandler(t *testing.T, b redistest.Backend, resend func(ctx context.Context, n int, req providers.Request) (providers.Result, error)) *handlerBundle {
+	t.Helper()
+	rdb := b.Client(t)
+	store := outcome.NewStore(rdb, time.Hour)
+	fake := &fakeResender{ResendFunc: resend}
+	h := &Handler{
+		Resenders: map[providers.Name]providers.Resender{
+			providers.OpenSRS:  fake,
+			providers.DigiCert: fake,
+		},
+		Recorder:        store,
+		Logger:          slog.New(slog.DiscardHandler),
+		ProviderTimeout: 5 * time.Second,
+		InAttempt:       InAttempt{MaxRetries: 2, Backoff: time.Millisecond, MaxRateLimitWait: 100 * time.Millisecond},
+	}
+	insp := asynq.NewInspectorFromRedisClient(rdb)
+	enq := NewEnqueuer(rdb)
+	t.Cleanup(func() { _ = enq.Close() })
+	return &handlerBundle{rdb: rdb, store: store, insp: insp, enq: enq, resender: fake, handler: h}
+}
+
+// start runs an asynq server with the handler until the test ends.
+func (hb *handlerBundle) start(t *testing.T) {
+	t.Helper()
+	srv := asynq.NewServerFromRedisClient(hb.rdb, asynq.Config{
+		Concurrency: 2,
+		Queues:      map[string]int{QueueOpenSRS: 1, QueueDigiCert: 1},
+		// A constant 1s keeps retried and rate-limited tasks quick; the real
+		// schedule is RetryPolicy.RetryDelay, tested on its own.
+		RetryDelayFunc:           func(int, error, *asynq.Task) time.Duration { return time.Second },
+		IsFailure:                IsFailure,
+		TaskCheckInterval:        100 * time.Millisecond,
+		DelayedTaskCheckInterval: 200 * time.Millisecond,
+		ShutdownTimeout:          2 * time.Second,
+		LogLevel:                 asynq.ErrorLevel,
+	})
+	require.NoError(t, srv.Start(hb.handler))
+	t.Cleanup(srv.Shutdown)
+}
+
+// waitFinal polls the inspector until the task is completed or archived.
+func (hb *handlerBundle) waitFinal(t *testing.T, queue, id string) *asynq.TaskInfo {
+	t.Helper()
+	var info *asynq.TaskInfo
+	require.Eventually(t, func() bool {
+		var err error
+		info, err = hb.insp.GetTaskInfo(queue, id)
+		if err != nil {
+			return false
+		}
+		return info.State == asynq.TaskStateCompleted || info.State == asynq.TaskStateArchived
+	}, 20*time.Second, 50*time.Millisecond, "task %s never reached a final state", id)
+	return info
+}
+
+func (hb *handlerBundle) attempts(t *testing.T, id string) []outcome.Attempt {
+	t.Helper()
+	as, err := hb.store.Attempts(t.Context(), id)
+	require.NoError(t, err)
+	return as
+}
+
+func outcomesOf(as []outcome.Attempt) (outs []outcome.Outcome, nums []int) {
+	for _, a := range as {
+		outs = append(outs, a.Outcome)
+		nums = append(nums, a.Attempt)
+	}
+	return outs, nums
+}
+
+func handlerOptions(maxRetry int) Options {
+	return Options{MaxRetry: maxRetry, Timeout: 30 * time.Second, Retention: time.Hour}
+}
+
+func TestHandlerSuccess(t *testing.T) {
+	t.Parallel()
+
+	tests := []struct {
+		name     string
+		payload  Payload
+		queue    string
+		provider providers.Name
+		wantReq  providers.Request
+	}{
+		{"opensrs cert", NewOpenSRSPayload("1001", "T-1", false), QueueOpenSRS, providers.OpenSRS,
+			providers.Request{OrderID: "1001", Action: providers.ActionResendCertEmail}},
+		{"opensrs approve", NewOpenSRSPayload("1002", "", true), QueueOpenSRS, providers.OpenSRS,
+			providers.Request{OrderID: "1002", Action: providers.ActionResendApproveEmail}},
+		{"digicert", &DigiCertPayload{OrderID: "1003", Locale: "en", Reference: "R",
+			DomainApprovalEmails: []providers.ApprovalEmail{{Domain: "example.com", Email: "admin@example.com"}}},
+			QueueDigiCert, providers.DigiCert,
+			providers.Request{OrderID: "1003", Action: providers.ActionResendCertEmail, Locale: "en",
+				ApprovalEmails: []providers.ApprovalEmail{{Domain: "example.com", Email: "admin@example.com"}}}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			redistest.Each(t, func(t *testing.T, b redistest.Backend) {
+				hb := setupHandler(t, b, func(_ context.Context, _ int, req providers.Request) (providers.Result, error) {
+					return providers.Result{Provider: tc.provider, StatusCode: 200, Code: "200", Message: "Email sent"}, nil
+				})
+				hb.start(t)
+				e, err := hb.enq.Enqueue(t.Context(), tc.payload, handlerOptions(3))
+				require.NoError(t, err)
+
+				info := hb.waitFinal(t, tc.queue, e.ID)
+				require.Equal(t, asynq.TaskStateCompleted, info.State)
+				require.Equal(t, 0, info.Retried)
+
+				var res Result
+				require.NoError(t, json.Unmarshal(info.Result, &res))
+				require.Equal(t, string(tc.provider), res.Provider)
+				require.Equal(t, tc.payload.Order(), res.OrderID)
+				require.Equal(t, tc.payload.Ref(), res.Reference)
+				require.Equal(t, 1, res.Attempt)
+				require.Equal(t, 200, res.HTTPStatus)
+				require.Equal(t, "Email sent", res.ProviderMessage)
+				require.False(t, res.Duplicate)
+				require.False(t, res.CompletedAt.IsZero())
+
+				as := hb.attempts(t, e.ID)
+				require.Len(t, as, 1)
+				a := as[0]
+				require.Equal(t, outcome.Succeeded, a.Outcome)
+				require.Equal(t, e.ID, a.TaskID)
+				require.Equal(t, tc.payload.Type(), a.Type)
+				require.Equal(t, tc.queue, a.Queue)
+				require.Equal(t, string(tc.provider), a.Provider)
+				require.Equal(t, tc.payload.Order(), a.OrderID)
+				require.Equal(t, tc.payload.Ref(), a.Reference)
+				require.Equal(t, 1, a.Attempt)
+				require.Equal(t, "success", a.Class)
+				require.Equal(t, 200, a.HTTPStatus)
+
+				require.Equal(t, []providers.Request{tc.wantReq}, hb.resender.Calls())
+				_, done, err := hb.store.SucceededAt(t.Context(), e.ID)
+				require.NoError(t, err)
+				require.True(t, done, "idempotency mark set")
+			})
+		})
+	}
+}
+
+func TestHandlerTransientThenSuccess(t *testing.T) {
+	t.Parallel()
+	redistest.Each(t, func(t *testing.T, b redistest.Backend) {
+		hb := setupHandler(t, b, func(_ context.Context, n int, _ providers.Request) (providers.Result, error) {
+			if n <= 2 {
+				return providers.Result{}, transientErr("read tcp: connection reset by peer")
+			}
+			return providers.Result{Provider: providers.OpenSRS, StatusCode: 200}, nil
+		})
+		hb.start(t)
+		e, err := hb.enq.Enqueue(t.Context(), NewOpenSRSPayload("2001", "", false), handlerOptions(3))
+		require.NoError(t, err)
+
+		info := hb.waitFinal(t, QueueOpenSRS, e.ID)
+		require.Equal(t, asynq.TaskStateCompleted, info.State)
+		require.Len(t, hb.resender.Calls(), 3, "a maybe-sent error is never retried in-attempt")
+
+		var res Result
+		require.NoError(t, json.Unmarshal(info.Result, &res))
+		require.Equal(t, 3, res.Attempt)
+
+		outs, nums := outcomesOf(hb.attempts(t, e.ID))
+		require.Equal(t, []outcome.Outcome{outcome.Retrying, outcome.Retrying, outcome.Succeeded}, outs)
+		require.Equal(t, []int{1, 2, 3}, nums)
+		as := hb.attempts(t, e.ID)
+		require.Equal(t, "transient", as[0].Class)
+		require.Equal(t, "read tcp: connection reset by peer", as[0].Error)
+
+		n, err := hb.store.CountDead(t.Context())
+		require.NoError(t, err)
+		require.Zero(t, n)
+	})
+}
+
+func TestHandlerDeadLetters(t *testing.T) {
+	t.Parallel()
+
+	tests := []struct {
+		name     string
+		resend   func(ctx context.Context, n int, req providers.Request) (providers.Result, error)
+		maxRetry int
+		// enqueue puts the task in; nil means Enqueue an OpenSRS payload.
+		enqueue     func(t *testing.T, hb *handlerBundle, maxRetry int) (queue, id string, payload []byte)
+		wantCalls   int
+		wantRetried int
+		wantClass   string
+		wantLastErr string
+		wantOutcome []outcome.Outcome
+	}{
+		{
+			name: "permanent",
+			resend: func(context.Context, int, providers.Request) (providers.Result, error) {
+				return providers.Result{}, permanentErr("order 3001 not found")
+			},
+			maxRetry: 5, wantCalls: 1, wantRetried: 0, wantClass: "permanent",
+			wantLastErr: "order 3001 not found", wantOutcome: []outcome.Outcome{outcome.Dead},
+		},
+		{
+			name: "configuration",
+			resend: func(context.Context, int, providers.Request) (providers.Result, error) {
+				return providers.Result{}, &fakeErr{msg: "IP not allow-listed", d: providers.Detail{Class: providers.Configuration, StatusCode: 403}}
+			},
+			maxRetry: 5, wantCalls: 1, wantRetried: 0, wantClass: "configuration",
+			wantLastErr: "IP not allow-listed", wantOutcome: []outcome.Outcome{outcome.Dead},
+		},
+		{
+			name: "permanent error text is redacted",
+			resend: func(context.Context, int, providers.Request) (providers.Result, error) {
+				return providers.Result{}, permanentErr("approver admin@example.com is not valid for order 3002")
+			},
+			maxRetry: 5, wantCalls: 1, wantRetried: 0, wantClass: "permanent",
+			wantLastErr: "approver a***@example.com is not valid for order 3002", wantOutcome: []outcome.Outcome{outcome.Dead},
+		},
+		{
+			name: "retries exhausted",
+			resend: func(context.Context, int, providers.Request) (providers.Result, error) {
+				return providers.Result{}, transientErr("502 bad gateway from ops@example.net")
+			},
+			maxRetry: 1, wantCalls: 2, wantRetried: 1, wantClass: "retries_exhausted",
+			wantLastErr: "502 bad gateway from o***@example.net", wantOutcome: []outcome.Outcome{outcome.Retrying, outcome.Dead},
+		},
+		{
+			name: "rate limited with no budget left",
+			resend: func(context.Context, int, providers.Request) (providers.Result, error) {
+				return providers.Result{}, rateLimitedErr("429 too many requests", 10*time.Second)
+			},
+			maxRetry: 0, wantCalls: 1, wantRetried: 0, wantClass: "retries_exhausted",
+			wantLastErr: "429 too many requests", wantOutcome: []outcome.Outcome{outcome.Dead},
+		},
+		{
+			name:     "invalid payload",
+			maxRetry: 5,
+			enqueue: func(t *testing.T, hb *handlerBundle, maxRetry int) (string, string, []byte) {
+				payload := []byte(`{"order_id":"abc"}`)
+				info, err := asynq.NewClientFromRedisClient(hb.rdb).EnqueueContext(t.Context(),
+					asynq.NewTask(TypeOpenSRSResendCertEmail, payload), asynq.Queue(QueueOpenSRS), asynq.MaxRetry(maxRetry))
+				require.NoError(t, err)
+				return QueueOpenSRS, info.ID, payload
+			},
+			wantCalls: 0, wantRetried: 0, wantClass: "invalid_payload",
+			wantLastErr: `invalid payload: order_id: must be 1-20 ASCII digits, got "abc"`, wantOutcome: []outcome.Outcome{outcome.Dead},
+		},
+		{
+			name:     "invalid json payload",
+			maxRetry: 5,
+			enqueue: func(t *testing.T, hb *handlerBundle, maxRetry int) (string, string, []byte) {
+				payload := []byte("order_id=1&reference=<x>")
+				info, err := asynq.NewClientFromRedisClient(hb.rdb).EnqueueContext(t.Context(),
+					asynq.NewTask(TypeDigiCertResendEmails, payload), asynq.Queue(QueueDigiCert), asynq.MaxRetry(maxRetry))
+				require.NoError(t, err)
+				return QueueDigiCert, info.ID, payload
+			},
+			wantCalls: 0, wantRetried: 0, wantClass: "invalid_payload", wantOutcome: []outcome.Outcome{outcome.Dead},
+		},
+		{
+			name:     "invalid payload echoing an email is redacted",
+			maxRetry: 5,
+			enqueue: func(t *testing.T, hb *handlerBundle, maxRetry int) (string, string, []byte) {
+				payload := []byte(`{"order_id":"3004","domain_approval_emails":[{"domain":"admin@example.com","email":"admin@example.com"}]}`)
+				info, err := asynq.NewClientFromRedisClient(hb.rdb).EnqueueContext(t.Context(),
+					asynq.NewTask(TypeDigiCertResendEmails, payload), asynq.Queue(QueueDigiCert), asynq.MaxRetry(maxRetry))
+				require.NoError(t, err)
+				return QueueDigiCert, info.ID, payload
+			},
+			wantCalls: 0, wantRetried: 0, wantClass: "invalid_payload",
+			wantLastErr: `invalid payload: domain_approval_emails[0].domain: must be a valid hostname like example.com, got "a***@example.com"`,
+			wantOutcome: []outcome.Outcome{outcome.Dead},
+		},
+		{
+			name:     "unknown task type",
+			maxRetry: 5,
+			enqueue: func(t *testing.T, hb *handlerBundle, maxRetry int) (string, string, []byte) {
+				payload := []byte(`{"order_id":"3003", "reference": "x"}`)
+				info, err := asynq.NewClientFromRedisClient(hb.rdb).EnqueueContext(t.Context(),
+					asynq.NewTask("opensrs:frobnicate", payload), asynq.Queue(QueueOpenSRS), asynq.MaxRetry(maxRetry))
+				require.NoError(t, err)
+				return QueueOpenSRS, info.ID, payload
+			},
+			wantCalls: 0, wantRetried: 0, wantClass: "invalid_payload",
+			wantLastErr: `invalid payload: unknown task type "opensrs:frobnicate"`, wantOutcome: []outcome.Outcome{outcome.Dead},
+		},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			redistest.Each(t, func(t *testing.T, b redistest.Backend) {
+				hb := setupHandler(t, b, tc.resend)
+				var queue, id string
+				var payload []byte
+				if tc.enqueue != nil {
+					queue, id, payload = tc.enqueue(t, hb, tc.maxRetry)
+				} else {
+					p := NewOpenSRSPayload("3000", "ticket-9", false)
+					e, err := hb.enq.Enqueue(t.Context(), p, handlerOptions(tc.maxRetry))
+					require.NoError(t, err)
+					queue, id = QueueOpenSRS, e.ID
+					payload, err = json.Marshal(p)
+					require.NoError(t, err)
+				}
+				hb.start(t)
+
+				info := hb.waitFinal(t, queue, id)
+				require.Equal(t, asynq.TaskStateArchived, info.State)
+				require.Equal(t, tc.wantRetried, info.Retried)
+				require.NotContains(t, info.LastErr, "skip retry")
+				if tc.wantLastErr != "" {
+					require.Equal(t, tc.wantLastErr, info.LastErr)
+				}
+				require.Len(t, hb.resender.Calls(), tc.wantCalls)
+
+				as := hb.attempts(t, id)
+				outs, _ := outcomesOf(as)
+				require.Equal(t, tc.wantOutcome, outs)
+				last := as[len(as)-1]
+				require.Equal(t, info.LastErr, last.Error)
+				require.NotContains(t, last.ProviderMessage, "admin@")
+
+				d, ok, err := hb.store.DeadLetter(t.Context(), id)
+				require.NoError(t, err)
+				require.True(t, ok, "dead letter recorded")
+				require.Equal(t, id, d.ID)
+				require.Equal(t, info.Type, d.Type)
+				require.Equal(t, queue, d.Queue)
+				require.Equal(t, queue, d.Provider)
+				require.Equal(t, tc.wantClass, d.Class)
+				require.Equal(t, "handler", d.Source)
+				require.Equal(t, info.LastErr, d.LastError)
+				require.Equal(t, tc.wantRetried, d.Retried)
+				require.Equal(t, tc.maxRetry, d.MaxRetry)
+				require.Equal(t, payload, []byte(d.Payload), "payload kept verbatim")
+				require.Equal(t, payload, info.Payload)
+				require.False(t, d.LastFailedAt.IsZero())
+
+				n, err := hb.store.CountDead(t.Context())
+				require.NoError(t, err)
+				require.Equal(t, int64(1), n)
+
+				// The attempt history of a dead task does not expire.
+				ttl, err := hb.rdb.TTL(t.Context(), "certmail:attempts:"+id).Result()
+				require.NoError(t, err)
+				require.Equal(t, time.Duration(-1), ttl)
+			})
+		})
+	}
+}
+
+func TestHandlerRateLimitedDoesNotSpendBudget(t *testing.T) {
+	t.Parallel()
+	redistest.Each(t, func(t *testing.T, b redistest.Backend) {
+		hb := setupHandler(t, b, func(_ context.Context, n int, _ providers.Request) (providers.Result, error) {
+			if n == 1 {
+				// Longer than MaxRateLimitWait: the task goes back to the queue.
+				return providers.Result{}, rateLimitedErr("429 slow down", 10*time.Second)
+			}
+			return providers.Result{Provider: providers.OpenSRS, StatusCode: 200}, nil
+		})
+		hb.start(t)
+		e, err := hb.enq.Enqueue(t.Context(), NewOpenSRSPayload("4001", "", false), handlerOptions(1))
+		require.NoError(t, err)
+
+		info := hb.waitFinal(t, QueueOpenSRS, e.ID)
+		require.Equal(t, asynq.TaskStateCompleted, info.State)
+		require.Equal(t, 0, info.Retried, "a rate limit does not spend the retry budget")
+		require.Len(t, hb.resender.Calls(), 2)
+
+		as := hb.attempts(t, e.ID)
+		outs, nums := outcomesOf(as)
+		require.Equal(t, []outcome.Outcome{outcome.RateLimited, outcome.Succeeded}, outs)
+		require.Equal(t, []int{1, 1}, nums, "a bounce repeats the attempt number")
+		require.Equal(t, int64(10_000), as[0].RetryInMS)
+		require.Equal(t, "rate_limited", as[0].Class)
+		require.Equal(t, 429, as[0].HTTPStatus)
+	})
+}
+
+func TestHandlerShortRateLimitRetriedInAttempt(t *testing.T) {
+	t.Parallel()
+	redistest.Each(t, func(t *testing.T, b redistest.Backend) {
+		hb := setupHandler(t, b, func(_ context.Context, n int, _ providers.Request) (providers.Result, error) {
+			if n == 1 {
+				return providers.Result{}, rateLimitedErr("429", 20*time.Millisecond)
+			}
+			return providers.Result{Provider: providers.OpenSRS, StatusCode: 200}, nil
+		})
+		hb.start(t)
+		e, err := hb.enq.Enqueue(t.Context(), NewOpenSRSPayload("4002", "", false), handlerOptions(1))
+		require.NoError(t, err)
+
+		info := hb.waitFinal(t, QueueOpenSRS, e.ID)
+		require.Equal(t, asynq.TaskStateCompleted, info.State)
+		require.Len(t, hb.resender.Calls(), 2)
+		outs, _ := outcomesOf(hb.attempts(t, e.ID))
+		require.Equal(t, []outcome.Outcome{outcome.Succeeded}, outs, "one attempt, two calls")
+	})
+}
+
+func TestHandlerIdempotency(t *testing.T) {
+	t.Parallel()
+	redistest.Each(t, func(t *testing.T, b redistest.Backend) {
+		hb := setupHandler(t, b, func(context.Context, int, providers.Request) (providers.Result, error) {
+			return providers.Result{}, errors.New("provider must not be called")
+		})
+		e, err := hb.enq.Enqueue(t.Context(), NewOpenSRSPayload("5001", "dup", false), handlerOptions(3))
+		require.NoError(t, err)
+		// A previous delivery succeeded but its ack was lost.
+		prev := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
+		require.NoError(t, hb.store.Record(t.Context(), outcome.Attempt{
+			TaskID: e.ID, Type: TypeOpenSRSResendCertEmail, Queue: QueueOpenSRS, Provider: "opensrs",
+			OrderID: "5001", Attempt: 1, Outcome: outcome.Succeeded, Class: "success", At: prev,
+		}, nil))
+		hb.start(t)
+
+		info := hb.waitFinal(t, QueueOpenSRS, e.ID)
+		require.Equal(t, asynq.TaskStateCompleted, info.State)
+		require.Empty(t, hb.resender.Calls(), "provider not called twice")
+
+		var res Result
+		require.NoError(t, json.Unmarshal(info.Result, &res))
+		require.True(t, res.Duplicate)
+		require.Equal(t, "5001", res.OrderID)
+		require.Equal(t, "dup", res.Reference)
+		require.Contains(t, res.ProviderMessage, "2026-03-01T12:00:00Z")
+
+		var raw map[string]any
+		require.NoError(t, json.Unmarshal(info.Result, &raw))
+		require.Equal(t, true, raw["duplicate_suppressed"])
+
+		outs, _ := outcomesOf(hb.attempts(t, e.ID))
+		require.Equal(t, []outcome.Outcome{outcome.Succeeded, outcome.Succeeded}, outs)
+	})
+}
+
+func TestHandlerUnconfiguredProviderRetries(t *testing.T) {
+	t.Parallel()
+	redistest.Each(t, func(t *testing.T, b redistest.Backend) {
+		hb := setupHandler(t, b, nil)
+		delete(hb.handler.Resenders, providers.DigiCert)
+		hb.start(t)
+		e, err := hb.enq.Enqueue(t.Context(), &DigiCertPayload{OrderID: "6001"}, handlerOptions(0))
+		require.NoError(t, err)
+
+		info := hb.waitFinal(t, QueueDigiCert, e.ID)
+		// MaxRetry 0: archived by asynq, but not a handler dead letter: the
+		// worker, not the task, is at fault.
+		require.Equal(t, asynq.TaskStateArchived, info.State)
+		require.Contains(t, info.LastErr, "provider digicert is not configured")
+		as := hb.attempts(t, e.ID)
+		require.Len(t, as, 1)
+		require.Equal(t, "configuration", as[0].Class)
+		require.Empty(t, hb.resender.Calls())
+	})
+}
