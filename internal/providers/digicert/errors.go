@@ -160,10 +160,11 @@ func decodeErrors(body []byte) ([]ErrorItem, bool) {
 		if err := json.Unmarshal(raw, &fields); err != nil {
 			continue
 		}
-		items = append(items, ErrorItem{
-			Code:    jsonString(fields["code"]),
-			Message: jsonString(fields["message"]),
-		})
+		it := ErrorItem{Code: jsonString(fields["code"]), Message: jsonString(fields["message"])}
+		if it == (ErrorItem{}) {
+			continue
+		}
+		items = append(items, it)
 	}
 	if len(items) == 0 {
 		return nil, false
