@@ -192,5 +192,9 @@ func (e *Enqueuer) EnqueueRaw(ctx context.Context, taskType string, payload []by
 	return id, nil
 }
 
-// Close closes the asynq client (not the shared Redis client).
-func (e *Enqueuer) Close() error { return e.client.Close() }
+// Close releases the Enqueuer. The shared Redis client stays open: its
+// owner closes it (asynq's Close only reports that it is shared).
+func (e *Enqueuer) Close() error {
+	_ = e.client.Close()
+	return nil
+}

@@ -1,0 +1,106 @@
+package deadletter
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/hibiken/asynq"
+
+	"github.com/certmail/certmail/internal/outcome"
+	"github.com/certmail/certmail/internal/redact"
+	"github.com/certmail/certmail/internal/tasks"
+)
+
+// reconcilePageSize is the page size used to walk asynq's archive.
+const reconcilePageSize = 1000
+
+// Reconcile records every task in asynq's archive (every queue of
+// tasks.Queues, all pages) that has no dead-letter record yet, and reports
+// how many it added. Such tasks died without the handler seeing it: the
+// recoverer archives a task whose worker crashed with its budget spent, and
+// the dashboard can archive tasks by hand. Their records have Source
+// "reconciled" and Class "unknown"; a record the handler writes later wins.
+//
+// It is idempotent and safe to run concurrently with workers and with
+// itself; the worker runs it periodically, cmd/dlq before every command.
+// Tasks archived while it pages may be missed by this run and are caught by
+// the next.
+func (s *Service) Reconcile(ctx context.Context) (added int, err error) {
+	for _, q := range tasks.Queues {
+		n, err := s.reconcileQueue(ctx, q)
+		added += n
+		if err != nil {
+			return added, err
+		}
+	}
+	return added, nil
+}
+
+func (s *Service) reconcileQueue(ctx context.Context, queue string) (int, error) {
+	added := 0
+	// Stop on an empty page, not a short one: asynq drops undecodable
+	// entries from a page, so a short page is not proof of the end.
+	for page := 1; ; page++ {
+		if err := ctx.Err(); err != nil {
+			return added, err
+		}
+		infos, err := s.insp.ListArchivedTasks(queue, asynq.PageSize(reconcilePageSize), asynq.Page(page))
+		if errors.Is(err, asynq.ErrQueueNotFound) {
+			return added, nil // nothing was ever enqueued there
+		}
+		if err != nil {
+			return added, fmt.Errorf("deadletter: list archived tasks of queue %s: %w", queue, err)
+		}
+		if len(infos) == 0 {
+			return added, nil
+		}
+		ids := make([]string, len(infos))
+		for i, info := range infos {
+			ids[i] = info.ID
+		}
+		has, err := s.store.HasDead(ctx, ids)
+		if err != nil {
+			return added, err
+		}
+		now := s.now()
+		for i, info := range infos {
+			if has[i] || info.ID == "" { // "" is a hash deleted under us
+				continue
+			}
+			ok, err := s.store.AddDead(ctx, fromTaskInfo(info, now))
+			if err != nil {
+				return added, err
+			}
+			if ok {
+				added++
+			}
+		}
+	}
+}
+
+// fromTaskInfo builds the record of a task found in the archive. A task
+// archived by hand has no LastFailedAt; the time it was found stands in.
+func fromTaskInfo(info *asynq.TaskInfo, now time.Time) outcome.DeadLetter {
+	orderID, ref := tasks.Meta(info.Payload)
+	at := info.LastFailedAt
+	if at.IsZero() {
+		at = now
+	}
+	return outcome.DeadLetter{
+		ID:           info.ID,
+		Type:         info.Type,
+		Queue:        info.Queue,
+		Provider:     info.Queue,
+		OrderID:      orderID,
+		Reference:    ref,
+		Payload:      outcome.Payload(info.Payload),
+		Retried:      info.Retried,
+		MaxRetry:     info.MaxRetry,
+		LastError:    redact.Emails(info.LastErr),
+		LastFailedAt: at.UTC(),
+		Class:        "unknown",
+		Source:       "reconciled",
+	}
+}
