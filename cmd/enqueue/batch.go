@@ -1,0 +1,234 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"sync"
+	"sync/atomic"
+
+	"github.com/schollz/progressbar/v3"
+	"golang.org/x/term"
+
+	"github.com/certmail/certmail/internal/providers"
+	"github.com/certmail/certmail/internal/tasks"
+)
+
+// batchLine is one JSON Lines input record.
+type batchLine struct {
+	Provider string `json:"provider"`
+	// Type optionally picks a task type of the provider, e.g.
+	// "opensrs:resend_approve_email"; default is the provider's resend.
+	Type                 string                    `json:"type,omitempty"`
+	OrderID              string                    `json:"order_id"`
+	Reference            string                    `json:"reference,omitempty"`
+	DomainApprovalEmails []providers.ApprovalEmail `json:"domain_approval_emails,omitempty"`
+	Locale               string                    `json:"locale,omitempty"`
+}
+
+// parseLine turns one input line into a validated payload.
+func parseLine(line []byte) (tasks.Payload, error) {
+	line = bytes.TrimSpace(line)
+	if len(line) == 0 {
+		return nil, errors.New("empty line (want a JSON object)")
+	}
+	dec := json.NewDecoder(bytes.NewReader(line))
+	dec.DisallowUnknownFields() // a misspelt field must not be silently dropped
+	var l batchLine
+	if err := dec.Decode(&l); err != nil {
+		return nil, fmt.Errorf("invalid JSON: %v", err)
+	}
+	if dec.More() {
+		return nil, errors.New("invalid JSON: more than one value on the line")
+	}
+	var p tasks.Payload
+	switch l.Provider {
+	case "opensrs":
+		if len(l.DomainApprovalEmails) > 0 || l.Locale != "" {
+			return nil, errors.New("domain_approval_emails, locale: only for provider digicert")
+		}
+		switch l.Type {
+		case "", tasks.TypeOpenSRSResendCertEmail:
+			p = tasks.NewOpenSRSPayload(l.OrderID, l.Reference, false)
+		case tasks.TypeOpenSRSResendApproveEmail:
+			p = tasks.NewOpenSRSPayload(l.OrderID, l.Reference, true)
+		default:
+			return nil, fmt.Errorf("type: %q is not an opensrs task type", l.Type)
+		}
+	case "digicert":
+		if l.Type != "" && l.Type != tasks.TypeDigiCertResendEmails {
+			return nil, fmt.Errorf("type: %q is not a digicert task type", l.Type)
+		}
+		p = &tasks.DigiCertPayload{OrderID: l.OrderID, DomainApprovalEmails: l.DomainApprovalEmails, Locale: l.Locale, Reference: l.Reference}
+	case "":
+		return nil, errors.New("provider: is required (opensrs or digicert)")
+	default:
+		return nil, fmt.Errorf("provider: must be opensrs or digicert, got %q", l.Provider)
+	}
+	if err := p.Validate(); err != nil {
+		return nil, err
+	}
+	return p, nil
+}
+
+func runBatch(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer, getenv env) error {
+	var (
+		c           common
+		concurrency int
+	)
+	fs := newFlagSet("enqueue batch", `Usage: enqueue batch [FILE|-] [flags]
+
+Reads JSON Lines from FILE (or stdin when FILE is - or absent), one task a line:
+  {"provider":"opensrs","order_id":"1799","reference":"optional"}
+  {"provider":"digicert","order_id":"12345","domain_approval_emails":[{"domain":"example.com","email":"admin@example.com"}],"locale":"en"}
+Prints one line per input line, in order: the task ID, or "line N: <error>".
+Valid lines are enqueued even when others are bad; exits 1 if any line failed.
+
+Flags:
+`)
+	c.register(fs, getenv)
+	c.registerTask(fs)
+	fs.IntVar(&concurrency, "concurrency", 32, "requests in flight to Redis")
+	pos, err := parse(fs, args, stdout)
+	if err != nil {
+		return err
+	}
+	if len(pos) > 1 {
+		return usagef("expected at most one FILE, got %d arguments", len(pos))
+	}
+	if concurrency < 1 {
+		return usagef("--concurrency: must be at least 1")
+	}
+	if err := c.options().Validate(); err != nil {
+		return flagErr(err)
+	}
+	in := stdin
+	if len(pos) == 1 && pos[0] != "-" {
+		f, err := os.Open(pos[0])
+		if err != nil {
+			return usagef("FILE: %v", err)
+		}
+		defer f.Close()
+		in = f
+	}
+	rdb, err := c.connect(ctx)
+	if err != nil {
+		return err
+	}
+	defer rdb.Close()
+	enq := tasks.NewEnqueuer(rdb)
+	defer enq.Close()
+
+	var bar *progressbar.ProgressBar
+	if f, ok := stderr.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
+		bar = progressbar.NewOptions64(-1, progressbar.OptionSetWriter(stderr),
+			progressbar.OptionSetDescription("enqueued"), progressbar.OptionShowCount(),
+			progressbar.OptionShowIts(), progressbar.OptionClearOnFinish())
+	}
+	failed, err := batch(ctx, enq, c.options(), in, concurrency, func(r lineResult) {
+		if bar != nil {
+			_ = bar.Add(1)
+		}
+		if r.err != nil {
+			fmt.Fprintf(stdout, "line %d: %s\n", r.n, oneLine(r.err.Error()))
+			return
+		}
+		fmt.Fprintln(stdout, r.id)
+		if r.dup {
+			fmt.Fprintf(stderr, "line %d: duplicate of %s\n", r.n, r.id)
+		}
+	})
+	if bar != nil {
+		_ = bar.Finish()
+	}
+	if err != nil {
+		return err
+	}
+	if failed > 0 {
+		fmt.Fprintf(stderr, "enqueue batch: %d line(s) failed\n", failed)
+		return errSilent
+	}
+	return nil
+}
+
+type lineResult struct {
+	n   int
+	id  string
+	dup bool
+	err error
+}
+
+// batch enqueues every line of in with up to concurrency requests in flight
+// and hands results to emit in input order as soon as each is known.
+func batch(ctx context.Context, enq *tasks.Enqueuer, opts tasks.Options, in io.Reader, concurrency int, emit func(lineResult)) (failed int, err error) {
+	type job struct {
+		n    int
+		line []byte
+		out  chan lineResult
+	}
+	jobs := make(chan job)
+	order := make(chan chan lineResult, 4*concurrency)
+	var wg sync.WaitGroup
+	for range concurrency {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for j := range jobs {
+				r := lineResult{n: j.n}
+				p, err := parseLine(j.line)
+				if err == nil {
+					var res tasks.Enqueued
+					res, err = enq.Enqueue(ctx, p, opts)
+					r.id, r.dup = res.ID, res.Duplicate
+				}
+				r.err = err
+				j.out <- r
+			}
+		}()
+	}
+	var readErr error
+	go func() {
+		defer close(order)
+		defer close(jobs)
+		br := bufio.NewReaderSize(in, 64<<10)
+		for n := 1; ; n++ {
+			line, err := br.ReadBytes('\n')
+			if len(line) == 0 && err == io.EOF {
+				return
+			}
+			out := make(chan lineResult, 1)
+			select {
+			case order <- out:
+			case <-ctx.Done():
+				readErr = ctx.Err()
+				return
+			}
+			jobs <- job{n: n, line: line, out: out}
+			if err == io.EOF {
+				return
+			}
+			if err != nil {
+				readErr = err
+				return
+			}
+		}
+	}()
+	var nFailed atomic.Int64
+	for out := range order {
+		r := <-out
+		if r.err != nil {
+			nFailed.Add(1)
+		}
+		emit(r)
+	}
+	wg.Wait()
+	if readErr != nil {
+		return int(nFailed.Load()), fmt.Errorf("reading input: %w", readErr)
+	}
+	return int(nFailed.Load()), nil
+}
