@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -12,17 +11,18 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/certmail/certmail/internal/cli"
 	"github.com/certmail/certmail/internal/deadletter"
 	"github.com/certmail/certmail/internal/outcome"
 	"github.com/certmail/certmail/internal/redact"
 	"github.com/certmail/certmail/internal/redisconn"
 )
 
-// Exit codes, part of the CLI contract.
+// Exit codes, part of the CLI contract (see internal/cli).
 const (
-	exitOK      = 0
-	exitFailure = 1
-	exitUsage   = 2
+	exitOK      = cli.ExitOK
+	exitFailure = cli.ExitFailure
+	exitUsage   = cli.ExitUsage
 )
 
 // pingTimeout bounds the first contact with Redis.
@@ -100,18 +100,12 @@ Flags:
 // env reads configuration from the environment; tests pass their own.
 type env func(string) string
 
-// usageError is printed as one line and exits 2.
-type usageError struct{ msg string }
-
-func (e usageError) Error() string { return e.msg }
-
-func usagef(format string, args ...any) error { return usageError{fmt.Sprintf(format, args...)} }
-
 var (
-	// errHelp marks a --help request that was already answered.
-	errHelp = errors.New("help shown")
-	// errSilent is a failure whose details were already printed.
-	errSilent = errors.New("failed")
+	usagef    = cli.Usagef
+	errHelp   = cli.ErrHelp
+	errSilent = cli.ErrSilent
+	oneLine   = cli.OneLine
+	parse     = cli.Parse
 )
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer, getenv env) int {
@@ -140,26 +134,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, getenv en
 		fmt.Fprintf(stderr, "dlq: unknown command %q (want list, show, replay or delete; see dlq --help)\n", cmd)
 		return exitUsage
 	}
-	return report(stderr, "dlq "+cmd, err)
+	return cli.Report(stderr, "dlq "+cmd, err)
 }
-
-func report(stderr io.Writer, prefix string, err error) int {
-	var ue usageError
-	switch {
-	case err == nil, errors.Is(err, errHelp):
-		return exitOK
-	case errors.Is(err, errSilent):
-		return exitFailure
-	case errors.As(err, &ue):
-		fmt.Fprintf(stderr, "%s: %s\n", prefix, oneLine(ue.msg))
-		return exitUsage
-	default:
-		fmt.Fprintf(stderr, "%s: %s\n", prefix, oneLine(err.Error()))
-		return exitFailure
-	}
-}
-
-func oneLine(s string) string { return strings.Join(strings.Fields(s), " ") }
 
 // opts are the flags of all commands; each command registers its own.
 type opts struct {
@@ -173,16 +149,8 @@ type opts struct {
 }
 
 func newFlagSet(name, usage string, o *opts, getenv env) *flag.FlagSet {
-	fs := flag.NewFlagSet(name, flag.ContinueOnError)
-	fs.Usage = func() {
-		fmt.Fprint(fs.Output(), usage)
-		fs.PrintDefaults()
-	}
-	def := getenv("REDIS_URL")
-	if def == "" {
-		def = redisconn.DefaultURL
-	}
-	fs.StringVar(&o.redisURL, "redis-url", def, "Redis URL (env REDIS_URL); rediss:// for TLS")
+	fs := cli.NewFlagSet(name, usage)
+	cli.RedisURLFlag(fs, &o.redisURL, getenv)
 	return fs
 }
 
@@ -227,32 +195,6 @@ func parseSince(s string) (time.Duration, error) {
 		return 0, fmt.Errorf("must be a positive duration, got %q", s)
 	}
 	return d, nil
-}
-
-// parse parses flags that may come before or after positional arguments
-// and returns the positionals; everything after "--" is positional.
-func parse(fs *flag.FlagSet, args []string, stdout io.Writer) ([]string, error) {
-	fs.SetOutput(io.Discard)
-	var pos []string
-	for {
-		if err := fs.Parse(args); err != nil {
-			if errors.Is(err, flag.ErrHelp) {
-				fs.SetOutput(stdout)
-				fs.Usage()
-				return nil, errHelp
-			}
-			return nil, usagef("%v (see %s --help)", err, fs.Name())
-		}
-		rest := fs.Args()
-		if len(rest) == 0 {
-			return pos, nil
-		}
-		if used := len(args) - len(rest); used > 0 && args[used-1] == "--" {
-			return append(pos, rest...), nil
-		}
-		pos = append(pos, rest[0])
-		args = rest[1:]
-	}
 }
 
 // open connects to Redis (exit 2 for a malformed URL, 1 when unreachable),

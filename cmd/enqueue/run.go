@@ -11,16 +11,17 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/certmail/certmail/internal/cli"
 	"github.com/certmail/certmail/internal/providers"
 	"github.com/certmail/certmail/internal/redisconn"
 	"github.com/certmail/certmail/internal/tasks"
 )
 
-// Exit codes, part of the CLI contract.
+// Exit codes, part of the CLI contract (see internal/cli).
 const (
-	exitOK      = 0
-	exitFailure = 1
-	exitUsage   = 2
+	exitOK      = cli.ExitOK
+	exitFailure = cli.ExitFailure
+	exitUsage   = cli.ExitUsage
 )
 
 const topUsage = `Usage: enqueue COMMAND [flags]
@@ -42,12 +43,13 @@ Exit codes: 0 ok, 1 runtime failure, 2 invalid usage or input.
 // env reads configuration from the environment; tests pass their own.
 type env func(string) string
 
-// usageError is printed as one line and exits 2.
-type usageError struct{ msg string }
-
-func (e usageError) Error() string { return e.msg }
-
-func usagef(format string, args ...any) error { return usageError{fmt.Sprintf(format, args...)} }
+var (
+	usagef    = cli.Usagef
+	errHelp   = cli.ErrHelp
+	errSilent = cli.ErrSilent
+	oneLine   = cli.OneLine
+	parse     = cli.Parse
+)
 
 func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer, getenv env) int {
 	redisconn.SetLogger(nil)
@@ -74,33 +76,14 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 	return report(stderr, "enqueue "+cmd, err)
 }
 
-// errHelp marks a --help request that was already answered.
-var errHelp = errors.New("help shown")
-
-// errSilent is a failure whose details were already printed.
-var errSilent = errors.New("failed")
-
+// report is cli.Report, with payload validation errors as usage errors.
 func report(stderr io.Writer, prefix string, err error) int {
-	var ue usageError
 	var fe *tasks.FieldError
-	switch {
-	case err == nil, errors.Is(err, errHelp):
-		return exitOK
-	case errors.Is(err, errSilent):
-		return exitFailure
-	case errors.As(err, &ue):
-		fmt.Fprintf(stderr, "%s: %s\n", prefix, oneLine(ue.msg))
-		return exitUsage
-	case errors.As(err, &fe):
-		fmt.Fprintf(stderr, "%s: %s\n", prefix, oneLine(fe.Error()))
-		return exitUsage
-	default:
-		fmt.Fprintf(stderr, "%s: %s\n", prefix, oneLine(err.Error()))
-		return exitFailure
+	if errors.As(err, &fe) {
+		err = cli.Usagef("%s", fe.Error())
 	}
+	return cli.Report(stderr, prefix, err)
 }
-
-func oneLine(s string) string { return strings.Join(strings.Fields(s), " ") }
 
 // common holds the flags every command shares.
 type common struct {
@@ -113,11 +96,7 @@ type common struct {
 }
 
 func (c *common) register(fs *flag.FlagSet, getenv env) {
-	def := getenv("REDIS_URL")
-	if def == "" {
-		def = redisconn.DefaultURL
-	}
-	fs.StringVar(&c.redisURL, "redis-url", def, "Redis URL (env REDIS_URL); rediss:// for TLS")
+	cli.RedisURLFlag(fs, &c.redisURL, getenv)
 }
 
 func (c *common) registerTask(fs *flag.FlagSet) {
@@ -140,37 +119,7 @@ func (c *common) connect(ctx context.Context) (*redis.Client, error) {
 	return redisconn.Connect(ctx, c.redisURL, 5*time.Second)
 }
 
-// parse parses flags that may come before or after positional arguments and
-// returns the positionals. Errors are one-line usage errors naming the flag.
-func parse(fs *flag.FlagSet, args []string, stdout io.Writer) ([]string, error) {
-	fs.SetOutput(io.Discard)
-	var pos []string
-	for {
-		if err := fs.Parse(args); err != nil {
-			if errors.Is(err, flag.ErrHelp) {
-				fs.SetOutput(stdout)
-				fs.Usage()
-				return nil, errHelp
-			}
-			return nil, usagef("%v (see --help)", err)
-		}
-		args = fs.Args()
-		if len(args) == 0 {
-			return pos, nil
-		}
-		pos = append(pos, args[0])
-		args = args[1:]
-	}
-}
-
-func newFlagSet(name, usage string) *flag.FlagSet {
-	fs := flag.NewFlagSet(name, flag.ContinueOnError)
-	fs.Usage = func() {
-		fmt.Fprint(fs.Output(), usage)
-		fs.PrintDefaults()
-	}
-	return fs
-}
+func newFlagSet(name, usage string) *flag.FlagSet { return cli.NewFlagSet(name, usage) }
 
 // approvalEmails collects repeated --approval-email DOMAIN=EMAIL flags.
 type approvalEmails []providers.ApprovalEmail
