@@ -113,7 +113,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, getenv en
 	// itself, as one line.
 	redisconn.SetLogger(nil) // go-redis pool chatter would break the one-line error rule
 	if len(args) == 0 {
-		fmt.Fprint(stderr, topUsage)
+		fmt.Fprintln(stderr, "dlq: missing command (want list, show, replay or delete; see dlq --help)")
 		return exitUsage
 	}
 	cmd, rest := args[0], args[1:]

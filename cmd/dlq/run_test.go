@@ -253,7 +253,7 @@ func TestHelp(t *testing.T) {
 		code, stdout, stderr := runCLI(t, nil)
 		require.Equal(t, exitUsage, code)
 		require.Empty(t, stdout)
-		require.Contains(t, stderr, "Usage: dlq COMMAND")
+		require.Equal(t, "dlq: missing command (want list, show, replay or delete; see dlq --help)\n", stderr, "one line")
 	})
 }
 
