@@ -11,8 +11,10 @@
 //   - certmail:outcomes            a capped stream of every attempt, for ops tools;
 //   - certmail:dead:{task_id}      the dead-letter record (no TTL) and
 //     certmail:dead                its index, a sorted set scored by time of death;
-//   - certmail:done:{task_id}      the idempotency mark set on success, checked
-//     before calling the provider so a redelivered task does not email twice.
+//   - certmail:done:{task_id}      the idempotency mark set on success, and
+//     certmail:inflight:{task_id}  the claim of the delivery calling the provider
+//     now; both are checked (one script, one round trip) before a provider call
+//     so that a redelivered or concurrently delivered task does not email twice.
 //
 // All keys share the prefix KeyPrefix, declared here and nowhere else.
 package outcome
@@ -34,7 +36,11 @@ const (
 
 func attemptsKey(id string) string { return KeyPrefix + "attempts:" + id }
 func deadKey(id string) string     { return KeyPrefix + "dead:" + id }
-func doneKey(id string) string     { return KeyPrefix + "done:" + id }
+func doneKey(id string) string     { return KeyPrefix + "done:{" + id + "}" }
+
+// inflightKey shares doneKey's hash tag so the claim script touches one
+// cluster slot.
+func inflightKey(id string) string { return KeyPrefix + "inflight:{" + id + "}" }
 
 // DedupKey is the key of the enqueue deduplication mark for a request hash.
 func DedupKey(hash string) string { return KeyPrefix + "dedup:" + hash }
@@ -73,6 +79,9 @@ type Attempt struct {
 	RetryInMS  int64     `json:"retry_in_ms,omitempty"`
 	DurationMS float64   `json:"duration_ms"`
 	At         time.Time `json:"at"`
+	// Claim is the token of this delivery's in-flight claim, released when
+	// the attempt is recorded. Not stored.
+	Claim string `json:"-"`
 }
 
 // DeadLetter is the durable record of a task that ended dead.

@@ -71,7 +71,8 @@ func TestKeys(t *testing.T) {
 
 	require.Equal(t, "certmail:attempts:x", attemptsKey("x"))
 	require.Equal(t, "certmail:dead:x", deadKey("x"))
-	require.Equal(t, "certmail:done:x", doneKey("x"))
+	require.Equal(t, "certmail:done:{x}", doneKey("x"))
+	require.Equal(t, "certmail:inflight:{x}", inflightKey("x"))
 	require.Equal(t, "certmail:dedup:abc", DedupKey("abc"))
 	require.Equal(t, "certmail:outcomes", streamKey)
 	require.Equal(t, "certmail:dead", deadIndexKey)

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strconv"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -62,6 +63,9 @@ func (s *Store) Record(ctx context.Context, a Attempt, dead *DeadLetter) error {
 		if a.Outcome == Succeeded {
 			p.Set(ctx, doneKey(a.TaskID), a.At.UTC().Format(time.RFC3339Nano), s.retention)
 		}
+		if a.Claim != "" {
+			p.Eval(ctx, releaseScript, []string{inflightKey(a.TaskID)}, a.Claim)
+		}
 		p.XAdd(ctx, &redis.XAddArgs{
 			Stream: streamKey,
 			MaxLen: s.streamMax,
@@ -74,6 +78,61 @@ func (s *Store) Record(ctx context.Context, a Attempt, dead *DeadLetter) error {
 		return fmt.Errorf("outcome: record attempt: %w", err)
 	}
 	return nil
+}
+
+// ClaimState is the answer of Claim.
+type ClaimState int
+
+// Claim answers.
+const (
+	// Claimed: this delivery may call the provider.
+	Claimed ClaimState = iota
+	// AlreadySucceeded: an earlier delivery succeeded; do not call again.
+	AlreadySucceeded
+	// InFlight: another delivery of the same task is calling the provider
+	// right now (asynq redelivered it after a lease expiry or a timeout).
+	InFlight
+)
+
+// claimScript: done mark first, then SET NX of the in-flight claim.
+// KEYS: done, inflight. ARGV: token, ttl ms. Returns {state, info} where
+// info is the success time or the claim's remaining ttl in ms.
+const claimScript = `
+local done = redis.call("GET", KEYS[1])
+if done then return {1, done} end
+if redis.call("SET", KEYS[2], ARGV[1], "NX", "PX", ARGV[2]) then return {0, ""} end
+return {2, tostring(redis.call("PTTL", KEYS[2]))}
+`
+
+// releaseScript deletes the claim only if it is still ours: a delivery that
+// outlived its claim must not free a newer delivery's claim.
+const releaseScript = `if redis.call("GET", KEYS[1]) == ARGV[1] then return redis.call("DEL", KEYS[1]) end return 0`
+
+// Claim checks the task's success mark and, if there is none, claims the
+// right to call the provider for ttl, in one round trip. token identifies
+// this delivery; Record with Attempt.Claim set to it releases the claim.
+// The time returned is when the task succeeded (AlreadySucceeded) or how long
+// the other delivery's claim still holds (InFlight, as a duration from now).
+func (s *Store) Claim(ctx context.Context, taskID, token string, ttl time.Duration) (ClaimState, time.Time, time.Duration, error) {
+	res, err := s.rdb.Eval(ctx, claimScript, []string{doneKey(taskID), inflightKey(taskID)}, token, max(ttl.Milliseconds(), 1)).Slice()
+	if err != nil {
+		return 0, time.Time{}, 0, fmt.Errorf("outcome: claim task: %w", err)
+	}
+	if len(res) != 2 {
+		return 0, time.Time{}, 0, fmt.Errorf("outcome: claim task: unexpected reply %v", res)
+	}
+	state, _ := res[0].(int64)
+	info, _ := res[1].(string)
+	switch ClaimState(state) {
+	case AlreadySucceeded:
+		at, _ := time.Parse(time.RFC3339Nano, info)
+		return AlreadySucceeded, at, 0, nil
+	case InFlight:
+		ms, _ := strconv.ParseInt(info, 10, 64)
+		return InFlight, time.Time{}, time.Duration(max(ms, 0)) * time.Millisecond, nil
+	default:
+		return Claimed, time.Time{}, 0, nil
+	}
 }
 
 // SucceededAt reports whether the task already succeeded (its idempotency

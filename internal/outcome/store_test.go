@@ -451,3 +451,68 @@ func TestStoreStreamCapped(t *testing.T) {
 		require.GreaterOrEqual(t, n, int64(10))
 	})
 }
+
+func TestStoreClaim(t *testing.T) {
+	t.Parallel()
+	redistest.Each(t, func(t *testing.T, b redistest.Backend) {
+		sb := setupStore(t, b)
+		ctx := t.Context()
+
+		state, _, _, err := sb.store.Claim(ctx, "c1", "tok-a", 30*time.Second)
+		require.NoError(t, err)
+		require.Equal(t, Claimed, state)
+
+		// A second delivery of the same task sees the first one in flight.
+		state, _, left, err := sb.store.Claim(ctx, "c1", "tok-b", 30*time.Second)
+		require.NoError(t, err)
+		require.Equal(t, InFlight, state)
+		require.Greater(t, left, 20*time.Second)
+		require.LessOrEqual(t, left, 30*time.Second)
+
+		// Recording with a stale token does not free the claim ...
+		stale := attempt("c1", 1, Retrying)
+		stale.Claim = "tok-b"
+		require.NoError(t, sb.store.Record(ctx, stale, nil))
+		require.True(t, sb.exists(t, inflightKey("c1")))
+
+		// ... recording with the owner's token does.
+		a := attempt("c1", 1, Retrying)
+		a.Claim = "tok-a"
+		require.NoError(t, sb.store.Record(ctx, a, nil))
+		require.False(t, sb.exists(t, inflightKey("c1")))
+
+		state, _, _, err = sb.store.Claim(ctx, "c1", "tok-b", 30*time.Second)
+		require.NoError(t, err)
+		require.Equal(t, Claimed, state)
+		ok := attempt("c1", 2, Succeeded)
+		ok.Claim = "tok-b"
+		require.NoError(t, sb.store.Record(ctx, ok, nil))
+
+		// After a success, every later delivery is told so.
+		state, at, _, err := sb.store.Claim(ctx, "c1", "tok-c", 30*time.Second)
+		require.NoError(t, err)
+		require.Equal(t, AlreadySucceeded, state)
+		require.True(t, at.Equal(ok.At), "success time %v, want %v", at, ok.At)
+		require.False(t, sb.exists(t, inflightKey("c1")), "no claim taken once succeeded")
+	})
+}
+
+func TestStoreClaimExpires(t *testing.T) {
+	t.Parallel()
+	redistest.Each(t, func(t *testing.T, b redistest.Backend) {
+		sb := setupStore(t, b)
+		ctx := t.Context()
+		state, _, _, err := sb.store.Claim(ctx, "c2", "crashed", 300*time.Millisecond)
+		require.NoError(t, err)
+		require.Equal(t, Claimed, state)
+		// The delivery that claimed crashed: its claim lapses on its own.
+		if b.Mini != nil {
+			b.Mini.FastForward(time.Second)
+		} else {
+			time.Sleep(400 * time.Millisecond)
+		}
+		state, _, _, err = sb.store.Claim(ctx, "c2", "next", time.Second)
+		require.NoError(t, err)
+		require.Equal(t, Claimed, state)
+	})
+}

@@ -2,6 +2,8 @@ package tasks
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -18,7 +20,7 @@ import (
 // Recorder stores attempt outcomes; *outcome.Store implements it.
 type Recorder interface {
 	Record(ctx context.Context, a outcome.Attempt, dead *outcome.DeadLetter) error
-	SucceededAt(ctx context.Context, taskID string) (time.Time, bool, error)
+	Claim(ctx context.Context, taskID, token string, ttl time.Duration) (outcome.ClaimState, time.Time, time.Duration, error)
 }
 
 // Observer receives every attempt for metrics; it may be nil.
@@ -106,9 +108,24 @@ func (h *Handler) ProcessTask(ctx context.Context, t *asynq.Task) error {
 		return err
 	}
 
-	if at, done, err := h.Recorder.SucceededAt(ctx, id); err != nil {
-		return fmt.Errorf("check idempotency mark: %w", err) // Redis trouble: retry
-	} else if done {
+	callCtx, cancel := h.callContext(ctx)
+	defer cancel()
+	state, at, err := h.claim(callCtx, id, &a, retried >= maxRetry)
+	if err != nil {
+		if errors.Is(ctx.Err(), context.Canceled) {
+			return fmt.Errorf("interrupted while waiting for another delivery: %w", err)
+		}
+		var rl *RateLimitError
+		if errors.As(err, &rl) {
+			// Another delivery of this very task is calling the provider
+			// (asynq redelivered it after a lease expiry or timeout): come
+			// back when its claim has ended, without spending the budget.
+			a.Outcome, a.Class, a.Error, a.RetryInMS = outcome.Retrying, "in_flight", err.Error(), rl.RetryIn.Milliseconds()
+			h.finish(ctx, start, &a, nil, 0)
+		}
+		return err // Redis trouble: asynq retries
+	}
+	if state == outcome.AlreadySucceeded {
 		// Delivered once already (a crash or lease loss came between the
 		// provider's answer and asynq's ack): do not email twice.
 		a.Outcome, a.Class = outcome.Succeeded, providers.Success.String()
@@ -120,10 +137,8 @@ func (h *Handler) ProcessTask(ctx context.Context, t *asynq.Task) error {
 		return nil
 	}
 
-	callCtx, cancel := h.callContext(ctx)
 	callStart := h.now()
 	res, err := h.InAttempt.call(callCtx, func() (providers.Result, error) { return r.Resend(callCtx, p.Request()) })
-	cancel()
 	latency := h.now().Sub(callStart)
 
 	if err == nil {
@@ -167,6 +182,51 @@ func (h *Handler) ProcessTask(ctx context.Context, t *asynq.Task) error {
 		h.finish(ctx, start, &a, nil, latency)
 		return errors.New(msg)
 	}
+}
+
+// claimSlack outlives the provider call in the in-flight claim, covering
+// the outcome record that releases it.
+const claimSlack = 10 * time.Second
+
+// claim checks the task's success mark and claims the provider call for this
+// delivery (a.Claim is set so that recording the attempt releases it). When
+// another delivery holds the claim it returns a *RateLimitError to come back
+// later, or, on the last attempt (asynq would archive a bounce), waits for
+// the claim to end within ctx.
+func (h *Handler) claim(ctx context.Context, id string, a *outcome.Attempt, last bool) (outcome.ClaimState, time.Time, error) {
+	token := newToken()
+	ttl := claimSlack
+	if dl, ok := ctx.Deadline(); ok {
+		ttl += time.Until(dl)
+	}
+	for {
+		state, at, left, err := h.Recorder.Claim(ctx, id, token, ttl)
+		if err != nil {
+			return 0, time.Time{}, err
+		}
+		switch state {
+		case outcome.Claimed:
+			a.Claim = token
+			return state, at, nil
+		case outcome.AlreadySucceeded:
+			return state, at, nil
+		}
+		if !last {
+			return 0, time.Time{}, &RateLimitError{RetryIn: left + time.Second,
+				Err: fmt.Errorf("another delivery of this task is calling the provider; retrying in %s", (left + time.Second).Round(time.Second))}
+		}
+		select {
+		case <-ctx.Done():
+			return 0, time.Time{}, ctx.Err()
+		case <-time.After(min(max(left, 50*time.Millisecond), time.Second)):
+		}
+	}
+}
+
+func newToken() string {
+	var b [12]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
 }
 
 // callContext bounds one provider call by ProviderTimeout and by the task's

@@ -514,3 +514,55 @@ func TestHandlerUnconfiguredProviderRetries(t *testing.T) {
 		require.Empty(t, hb.resender.Calls())
 	})
 }
+
+// TestHandlerConcurrentDelivery: when asynq delivers a task whose previous
+// delivery is still calling the provider (lease expiry, timeout), the new
+// delivery does not call the provider beside it. It comes back once the
+// claim ends, without spending the retry budget; on its last attempt it
+// waits for the claim instead of bouncing into the archive.
+func TestHandlerConcurrentDelivery(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name     string
+		maxRetry int
+		claimTTL time.Duration
+	}{
+		{"bounces while budget is left", 3, 1500 * time.Millisecond},
+		{"waits on the last attempt", 0, 1500 * time.Millisecond},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			redistest.Each(t, func(t *testing.T, b redistest.Backend) {
+				hb := setupHandler(t, b, nil)
+				e, err := hb.enq.Enqueue(t.Context(), NewOpenSRSPayload("6001", "", false), handlerOptions(tc.maxRetry))
+				require.NoError(t, err)
+				// The zombie delivery holds the claim.
+				state, _, _, err := hb.store.Claim(t.Context(), e.ID, "zombie", tc.claimTTL)
+				require.NoError(t, err)
+				require.Equal(t, outcome.Claimed, state)
+				claimedAt := time.Now()
+				hb.start(t)
+
+				if b.Mini != nil { // miniredis expires keys only when told
+					go func() {
+						time.Sleep(tc.claimTTL)
+						b.Mini.FastForward(tc.claimTTL)
+					}()
+				}
+				info := hb.waitFinal(t, QueueOpenSRS, e.ID)
+				require.Equal(t, asynq.TaskStateCompleted, info.State)
+				require.Equal(t, 0, info.Retried, "waiting for another delivery spends no budget")
+				calls := hb.resender.Calls()
+				require.Len(t, calls, 1, "exactly one provider call")
+				require.GreaterOrEqual(t, time.Since(claimedAt), tc.claimTTL, "not called while the other delivery held the claim")
+
+				outs, _ := outcomesOf(hb.attempts(t, e.ID))
+				require.Equal(t, outcome.Succeeded, outs[len(outs)-1])
+				if tc.maxRetry > 0 {
+					require.Equal(t, outcome.Retrying, outs[0], "the bounce is recorded")
+				}
+			})
+		})
+	}
+}
