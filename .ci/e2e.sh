@@ -28,13 +28,16 @@ expect_code() { # expect_code WANT cmd...
 }
 one_line_err() { [[ $(wc -l <"$tmp/err") -eq 1 ]] || fail "stderr is not one line: $(cat "$tmp/err")"; }
 
-"$bin/worker" --demo --demo-samples=false --redis-url "$REDIS_URL" --http-addr "127.0.0.1:$hport" >"$tmp/worker.out" 2>"$tmp/worker.log" &
-wpid=$!
-for _ in $(seq 100); do curl -fsS "http://127.0.0.1:$hport/readyz" >/dev/null 2>&1 && break; sleep 0.1; done
-curl -fsS "http://127.0.0.1:$hport/readyz" >/dev/null || fail "worker never became ready"
+start_worker() {
+  "$bin/worker" --demo --demo-samples=false --redis-url "$REDIS_URL" --http-addr "127.0.0.1:$hport" >>"$tmp/worker.out" 2>>"$tmp/worker.log" &
+  wpid=$!
+  for _ in $(seq 100); do curl -fsS "http://127.0.0.1:$hport/readyz" >/dev/null 2>&1 && break; sleep 0.1; done
+  curl -fsS "http://127.0.0.1:$hport/readyz" >/dev/null || fail "worker never became ready"
+}
+start_worker
 
-wait_state() { # wait_state ID STATE
-  for _ in $(seq 150); do
+wait_state() { # wait_state ID STATE [SECONDS]
+  for _ in $(seq $(( ${3:-30} * 5 ))); do
     st=$("$bin/enqueue" status "$1" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["state"])')
     [[ "$st" == "$2" ]] && return 0
     sleep 0.2
@@ -114,6 +117,24 @@ expect_code 1 "$bin/enqueue" status no-such-task; one_line_err
 check "worker without providers: exit 2 naming the variables"
 expect_code 2 env -u OPENSRS_API_KEY -u DIGICERT_API_KEY "$bin/worker" --http-addr off; one_line_err
 grep -q OPENSRS_API_KEY "$tmp/err" || fail "worker config error does not name the variables"
+
+check "crash path: a task whose worker was killed -9 ends in dlq (asynq's recoverer, then our reconcile)"
+expect_code 0 "$bin/enqueue" opensrs --order-id 1004 --max-retry 0 --reference e2e-crash
+crash_id=$(cat "$tmp/out")
+wait_state "$crash_id" active
+kill -KILL "$wpid"; wait "$wpid" 2>/dev/null || true
+start_worker
+wait_state "$crash_id" archived 200   # lease 30 s + recoverer cut-off 30 s + its 1 min period
+expect_code 0 "$bin/dlq" list --json --error-contains lease
+python3 - "$tmp/out" "$crash_id" <<'PY'
+import json, sys
+items = [i for i in json.load(open(sys.argv[1])) if i["id"] == sys.argv[2]]
+assert len(items) == 1, "crashed task not listed"
+assert items[0]["payload"]["reference"] == "e2e-crash", items[0]
+PY
+expect_code 0 "$bin/dlq" replay "$crash_id"
+read -r old new <"$tmp/out"
+[[ "$old" == "$crash_id" && -n "$new" ]] || fail "crash replay printed '$(cat "$tmp/out")'"
 
 check "graceful shutdown"
 kill -TERM "$wpid"; wait "$wpid" || fail "worker exited non-zero on SIGTERM"; wpid=""

@@ -44,6 +44,7 @@ func startDemo(cfg *config, stdout io.Writer) (*demoEnv, error) {
 	// Sample behaviour per order: see enqueueSamples.
 	d.opensrs.SetBehavior("1002", opensrstest.Behavior{TransientFailures: 2})
 	d.opensrs.SetBehavior("1003", opensrstest.Behavior{ErrorCode: 480, ErrorText: "Order not found"})
+	d.opensrs.SetBehavior("1004", opensrstest.Behavior{Delay: 20 * time.Second})
 	d.digicert.SetBehavior("2002", digicerttest.Behavior{RateLimited: 1, RetryAfter: 5 * time.Second})
 	d.digicert.SetBehavior("2003", digicerttest.Behavior{ErrorStatus: 404, ErrorCode: "not_found|order", ErrorMessage: "Order not found"})
 
@@ -99,7 +100,7 @@ func (d *demoEnv) enqueueSamples(ctx context.Context, rdb redis.UniversalClient,
 		d.printf("dashboard:  http://%s/dashboard/   metrics: http://%s/metrics\n", httpAddr, httpAddr)
 	}
 	d.printf("from another terminal:\n  export REDIS_URL=%s\n  go run ./cmd/enqueue opensrs --order-id 1001\n  go run ./cmd/dlq list\n", redisconn.Redact(redisURL))
-	d.printf("simulated orders: opensrs 1001 ok, 1002 two 503s then ok, 1003 dead (480); digicert 2001 ok, 2002 one 429 then ok, 2003 dead (404); any other order ok\n\n")
+	d.printf("simulated orders: opensrs 1001 ok, 1002 two 503s then ok, 1003 dead (480), 1004 answers after 20s; digicert 2001 ok, 2002 one 429 then ok, 2003 dead (404); any other order ok\n\n")
 	if !samples {
 		return nil
 	}
