@@ -4,10 +4,11 @@
 // to a queue (TTL expiry, Lua, timing).
 //
 // The real server is, in order of preference, the one named by
-// CERTMAIL_TEST_REDIS_URL (a server the test run may flush; never point it at
-// production), or a redis-server this package starts on a free loopback port
-// when the binary is on PATH. Each test gets its own logical database and
-// finds it empty, so parallel tests never see each other's keys.
+// CERTMAIL_TEST_REDIS_URL, a redis-server this package starts on a free
+// loopback port when the binary is on PATH, or the one named by REDIS_URL.
+// Tests flush databases 1 to 15 of a server named by URL: never point either
+// variable at a Redis whose data matters. Each test gets its own logical
+// database and finds it empty, so parallel tests never see each other's keys.
 //
 // CI sets CERTMAIL_REQUIRE_REAL_REDIS=1: a missing redis-server then fails the
 // test instead of silently running only the miniredis half, and every test
@@ -126,22 +127,39 @@ var (
 	proc    *exec.Cmd
 )
 
-// server returns the base URL (without database) of the real server.
+// server returns the base URL (without database) of the real server: the
+// one CERTMAIL_TEST_REDIS_URL names, else a redis-server of our own, else
+// the one REDIS_URL names. A server given by URL is shared by every test
+// package running at once, so each process takes an exclusive lock on it
+// for its lifetime: packages then take turns instead of flushing each
+// other's databases.
 func server() (string, error) {
 	once.Do(func() {
 		if u := os.Getenv("CERTMAIL_TEST_REDIS_URL"); u != "" {
-			pu, err := url.Parse(u)
-			if err != nil {
-				baseErr = err
-				return
-			}
-			pu.Path = ""
-			baseURL = pu.String()
+			baseURL, baseErr = shared(u)
 			return
 		}
 		baseURL, baseErr = start()
+		if baseErr != nil {
+			if u := os.Getenv("REDIS_URL"); u != "" {
+				baseURL, baseErr = shared(u)
+			}
+		}
 	})
 	return baseURL, baseErr
+}
+
+// shared locks and returns the server named by raw, without its database.
+func shared(raw string) (string, error) {
+	pu, err := url.Parse(raw)
+	if err != nil || (pu.Scheme != "redis" && pu.Scheme != "rediss") {
+		return "", fmt.Errorf("test Redis URL %q: want redis://host:port", pu.Redacted())
+	}
+	pu.Path = ""
+	if err := lockServer(pu.Host); err != nil {
+		return "", err
+	}
+	return pu.String(), nil
 }
 
 // Addr returns host:port of the real server (starting it if needed).
