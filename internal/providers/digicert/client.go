@@ -115,6 +115,11 @@ func WithHTTPClient(hc *http.Client) Option {
 		if hc == nil {
 			return errors.New("digicert: HTTP client is nil")
 		}
+		// TLS verification is never off: a skipped check would hand the
+		// API key to whoever answers.
+		if t, ok := hc.Transport.(*http.Transport); ok && t.TLSClientConfig != nil && t.TLSClientConfig.InsecureSkipVerify {
+			return errors.New("digicert: HTTP client skips TLS verification; refusing it")
+		}
 		c.httpClient = hc
 		return nil
 	}

@@ -1,7 +1,9 @@
 package digicert
 
 import (
+	"crypto/tls"
 	"fmt"
+	"net/http"
 	"strings"
 	"testing"
 	"time"
@@ -31,6 +33,7 @@ func TestNew(t *testing.T) {
 		{name: "KeyWithNewline", opts: []Option{WithAPIKey(testKey + "\r\nX: y")}, wantErr: "control characters"},
 		{name: "KeyWithSpace", opts: []Option{WithAPIKey(" " + testKey)}, wantErr: "white space"},
 		{name: "NilHTTPClient", opts: []Option{WithAPIKey(testKey), WithHTTPClient(nil)}, wantErr: "HTTP client is nil"},
+		{name: "InsecureHTTPClient", opts: []Option{WithAPIKey(testKey), WithHTTPClient(&http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}})}, wantErr: "skips TLS verification"},
 		{name: "NilOption", opts: []Option{WithAPIKey(testKey), nil}, wantErr: "nil option"},
 		{name: "HTTPRemote", opts: []Option{WithAPIKey(testKey), WithBaseURL("http://www.digicert.com/services/v2/")}, wantErr: "loopback"},
 		{name: "NoTrailingSlash", opts: []Option{WithAPIKey(testKey), WithBaseURL("https://www.digicert.com/services/v2")}, wantErr: "slash"},
