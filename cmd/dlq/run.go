@@ -302,24 +302,34 @@ func targets(o *opts, pos []string, cmd string) error {
 	return nil
 }
 
-func runReplay(ctx context.Context, args []string, stdout, stderr io.Writer, getenv env) error {
+// openTargets parses the flags of replay and delete, checks the
+// (ID... | --all) rule and the filters, and opens the service.
+func openTargets(ctx context.Context, cmd, usage string, args []string, stdout, stderr io.Writer, getenv env,
+	extra func(*flag.FlagSet, *opts)) (*opts, deadletter.Filter, *deadletter.Service, func(), error) {
 	var o opts
-	fs := newFlagSet("dlq replay", replayUsage, &o, getenv)
+	fs := newFlagSet("dlq "+cmd, usage, &o, getenv)
 	o.registerFilters(fs)
-	fs.BoolVar(&o.all, "all", false, "replay every dead letter that matches the filters")
-	fs.BoolVar(&o.dryRun, "dry-run", false, `print what would be replayed ("OLD_ID -") and change nothing`)
+	extra(fs, &o)
 	pos, err := parse(fs, args, stdout)
-	if err != nil {
-		return err
+	if err == nil {
+		err = targets(&o, pos, cmd)
 	}
-	if err := targets(&o, pos, "replay"); err != nil {
-		return err
+	if err != nil {
+		return nil, deadletter.Filter{}, nil, nil, err
 	}
 	f, err := o.filter(pos)
 	if err != nil {
-		return err
+		return nil, f, nil, nil, err
 	}
 	svc, closeAll, err := open(ctx, &o, stderr)
+	return &o, f, svc, closeAll, err
+}
+
+func runReplay(ctx context.Context, args []string, stdout, stderr io.Writer, getenv env) error {
+	o, f, svc, closeAll, err := openTargets(ctx, "replay", replayUsage, args, stdout, stderr, getenv, func(fs *flag.FlagSet, o *opts) {
+		fs.BoolVar(&o.all, "all", false, "replay every dead letter that matches the filters")
+		fs.BoolVar(&o.dryRun, "dry-run", false, `print what would be replayed ("OLD_ID -") and change nothing`)
+	})
 	if err != nil {
 		return err
 	}
@@ -351,22 +361,9 @@ func runReplay(ctx context.Context, args []string, stdout, stderr io.Writer, get
 }
 
 func runDelete(ctx context.Context, args []string, stdout, stderr io.Writer, getenv env) error {
-	var o opts
-	fs := newFlagSet("dlq delete", deleteUsage, &o, getenv)
-	o.registerFilters(fs)
-	fs.BoolVar(&o.all, "all", false, "delete every dead letter that matches the filters")
-	pos, err := parse(fs, args, stdout)
-	if err != nil {
-		return err
-	}
-	if err := targets(&o, pos, "delete"); err != nil {
-		return err
-	}
-	f, err := o.filter(pos)
-	if err != nil {
-		return err
-	}
-	svc, closeAll, err := open(ctx, &o, stderr)
+	_, f, svc, closeAll, err := openTargets(ctx, "delete", deleteUsage, args, stdout, stderr, getenv, func(fs *flag.FlagSet, o *opts) {
+		fs.BoolVar(&o.all, "all", false, "delete every dead letter that matches the filters")
+	})
 	if err != nil {
 		return err
 	}
