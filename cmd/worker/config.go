@@ -12,6 +12,7 @@ import (
 
 	"github.com/certmail/certmail/internal/providers/digicert"
 	"github.com/certmail/certmail/internal/providers/opensrs"
+	"github.com/certmail/certmail/internal/ratelimit"
 	"github.com/certmail/certmail/internal/redisconn"
 )
 
@@ -26,6 +27,8 @@ type config struct {
 	opensrsURL       string
 	digicertKey      secret
 	digicertURL      string
+	opensrsRate      []ratelimit.Rule
+	digicertRate     []ratelimit.Rule
 	providerTimeout  time.Duration
 	retryBase        time.Duration
 	retryMax         time.Duration
@@ -74,6 +77,8 @@ Environment (flags override):
   OPENSRS_URL                  default ` + opensrs.LiveURL + ` (test: ` + opensrs.TestURL + `)
   DIGICERT_API_KEY[_FILE]      DigiCert CertCentral API key, or a file holding it
   DIGICERT_URL                 default ` + digicert.USURL + ` (EU: ` + digicert.EUURL + `)
+  DIGICERT_RATE_LIMIT          requests allowed per API key across all workers (default ` + ratelimit.DigiCertDefault + `; off disables)
+  OPENSRS_RATE_LIMIT           the same for OpenSRS (default off: no limit is documented), e.g. 10/1s
   PROVIDER_TIMEOUT             one provider call, all included (default 90s)
   RETRY_BASE, RETRY_MAX        exponential retry schedule (default 30s doubling to 1h)
   RATE_LIMIT_WAIT              wait after a rate limit without a hint (default 30s)
@@ -158,6 +163,9 @@ func loadConfig(args []string, stdout io.Writer, getenv func(string) string) (*c
 	fs.StringVar(&c.opensrsUsername, "opensrs-username", str("OPENSRS_USERNAME", ""), "OpenSRS reseller username (env OPENSRS_USERNAME)")
 	fs.StringVar(&c.opensrsURL, "opensrs-url", str("OPENSRS_URL", opensrs.LiveURL), "OpenSRS XCP base URL (env OPENSRS_URL)")
 	fs.StringVar(&c.digicertURL, "digicert-url", str("DIGICERT_URL", digicert.USURL), "DigiCert Services API base URL (env DIGICERT_URL)")
+	var opensrsRate, digicertRate string
+	fs.StringVar(&opensrsRate, "opensrs-rate-limit", str("OPENSRS_RATE_LIMIT", "off"), "OpenSRS requests allowed, N/PERIOD[,N/PERIOD], or off (env OPENSRS_RATE_LIMIT)")
+	fs.StringVar(&digicertRate, "digicert-rate-limit", str("DIGICERT_RATE_LIMIT", ratelimit.DigiCertDefault), "DigiCert requests allowed, N/PERIOD[,N/PERIOD], or off (env DIGICERT_RATE_LIMIT)")
 	fs.DurationVar(&c.providerTimeout, "provider-timeout", dur("PROVIDER_TIMEOUT", 90*time.Second), "limit of one provider call (env PROVIDER_TIMEOUT)")
 	fs.DurationVar(&c.retryBase, "retry-base", dur("RETRY_BASE", 30*time.Second), "first retry delay, doubling (env RETRY_BASE)")
 	fs.DurationVar(&c.retryMax, "retry-max", dur("RETRY_MAX", time.Hour), "longest retry delay (env RETRY_MAX)")
@@ -185,6 +193,13 @@ func loadConfig(args []string, stdout io.Writer, getenv func(string) string) (*c
 	}
 	if fs.NArg() > 0 {
 		return nil, configErrf("unexpected argument %q (see worker --help)", fs.Arg(0))
+	}
+	var err error
+	if c.opensrsRate, err = ratelimit.ParseRules(opensrsRate); err != nil {
+		errs = append(errs, configErrf("OPENSRS_RATE_LIMIT (--opensrs-rate-limit): %v", err))
+	}
+	if c.digicertRate, err = ratelimit.ParseRules(digicertRate); err != nil {
+		errs = append(errs, configErrf("DIGICERT_RATE_LIMIT (--digicert-rate-limit): %v", err))
 	}
 	if len(errs) > 0 {
 		return nil, errs[0]

@@ -69,6 +69,8 @@ func TestConfigErrors(t *testing.T) {
 		{"bad readonly", nil, map[string]string{"DIGICERT_API_KEY": "k", "DASHBOARD_READONLY": "maybe"}, "DASHBOARD_READONLY"},
 		{"bad redis url", nil, map[string]string{"DIGICERT_API_KEY": "k", "REDIS_URL": "http://x"}, "REDIS_URL"},
 		{"bad log level", nil, map[string]string{"DIGICERT_API_KEY": "k", "LOG_LEVEL": "loud"}, "LOG_LEVEL"},
+		{"bad rate limit", nil, map[string]string{"DIGICERT_API_KEY": "k", "DIGICERT_RATE_LIMIT": "lots"}, "DIGICERT_RATE_LIMIT"},
+		{"bad rate limit flag", []string{"--opensrs-rate-limit", "5/0s"}, map[string]string{"DIGICERT_API_KEY": "k"}, "OPENSRS_RATE_LIMIT"},
 		{"unknown flag", []string{"--nope"}, map[string]string{"DIGICERT_API_KEY": "k"}, "-nope"},
 		{"stray argument", []string{"extra"}, map[string]string{"DIGICERT_API_KEY": "k"}, "extra"},
 	}
@@ -294,4 +296,32 @@ func TestGracefulShutdown(t *testing.T) {
 			require.False(t, dead, "an interrupted task is not dead")
 		})
 	}
+}
+
+// TestRateLimitSpacesRequests: DIGICERT_RATE_LIMIT holds requests back before
+// they reach DigiCert (here 2 per 4 s: the third waits for its slot).
+func TestRateLimitSpacesRequests(t *testing.T) {
+	t.Parallel()
+	redistest.Each(t, func(t *testing.T, b redistest.Backend) {
+		w := startWorker(t, b, "--digicert-rate-limit", "2/4s")
+		rdb := b.Client(t)
+		enq := tasks.NewEnqueuer(rdb)
+		defer enq.Close()
+		insp := asynq.NewInspectorFromRedisClient(rdb)
+		defer insp.Close()
+		var ids []string
+		for _, order := range []string{"3001", "3002", "3003"} {
+			res, err := enq.Enqueue(t.Context(), &tasks.DigiCertPayload{OrderID: order}, tasks.DefaultOptions())
+			require.NoError(t, err)
+			ids = append(ids, res.ID)
+		}
+		for _, id := range ids {
+			info := waitState(t, insp, "digicert", id, asynq.TaskStateCompleted)
+			require.Equal(t, 0, info.Retried)
+		}
+		reqs := w.demo.digicert.Requests()
+		require.Len(t, reqs, 3, "each resend reached DigiCert exactly once")
+		spread := reqs[2].Time.Sub(reqs[0].Time)
+		require.GreaterOrEqual(t, spread, 1500*time.Millisecond, "the third request waited for a slot")
+	})
 }

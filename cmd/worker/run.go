@@ -24,6 +24,7 @@ import (
 	"github.com/certmail/certmail/internal/providers"
 	"github.com/certmail/certmail/internal/providers/digicert"
 	"github.com/certmail/certmail/internal/providers/opensrs"
+	"github.com/certmail/certmail/internal/ratelimit"
 	"github.com/certmail/certmail/internal/redisconn"
 	"github.com/certmail/certmail/internal/tasks"
 )
@@ -91,7 +92,7 @@ func serve(ctx context.Context, cfg *config, stdout, stderr io.Writer, h *hooks)
 	}
 	defer rdb.Close()
 
-	resenders, err := buildResenders(cfg, demo, log)
+	resenders, err := buildResenders(cfg, demo, rdb, log)
 	if err != nil {
 		return err
 	}
@@ -200,7 +201,10 @@ func serve(ctx context.Context, cfg *config, stdout, stderr io.Writer, h *hooks)
 	return nil
 }
 
-func buildResenders(cfg *config, demo *demoEnv, log *slog.Logger) (map[providers.Name]providers.Resender, error) {
+func buildResenders(cfg *config, demo *demoEnv, rdb redis.UniversalClient, log *slog.Logger) (map[providers.Name]providers.Resender, error) {
+	// Waits for a limiter slot up to this long are taken in the attempt;
+	// longer ones send the task back to the queue, budget untouched.
+	maxWait := tasks.DefaultInAttempt.MaxRateLimitWait
 	out := map[providers.Name]providers.Resender{}
 	if cfg.opensrsKey != "" {
 		opts := []opensrs.Option{
@@ -215,7 +219,7 @@ func buildResenders(cfg *config, demo *demoEnv, log *slog.Logger) (map[providers
 		if err != nil {
 			return nil, configErrf("OpenSRS configuration (OPENSRS_URL, OPENSRS_USERNAME, OPENSRS_API_KEY): %v", err)
 		}
-		out[providers.OpenSRS] = c
+		out[providers.OpenSRS] = ratelimit.Wrap(c, rdb, providers.OpenSRS, cfg.opensrsUsername+"\x00"+string(cfg.opensrsKey), cfg.opensrsRate, maxWait)
 	} else {
 		log.Warn("OpenSRS not configured: queue opensrs is not consumed and its tasks wait (set OPENSRS_USERNAME and OPENSRS_API_KEY or OPENSRS_API_KEY_FILE)")
 	}
@@ -232,7 +236,7 @@ func buildResenders(cfg *config, demo *demoEnv, log *slog.Logger) (map[providers
 		if err != nil {
 			return nil, configErrf("DigiCert configuration (DIGICERT_URL, DIGICERT_API_KEY): %v", err)
 		}
-		out[providers.DigiCert] = c
+		out[providers.DigiCert] = ratelimit.Wrap(c, rdb, providers.DigiCert, string(cfg.digicertKey), cfg.digicertRate, maxWait)
 	} else {
 		log.Warn("DigiCert not configured: queue digicert is not consumed and its tasks wait (set DIGICERT_API_KEY or DIGICERT_API_KEY_FILE)")
 	}
@@ -319,5 +323,3 @@ func asynqLevel(s string) asynq.LogLevel {
 		return asynq.InfoLevel
 	}
 }
-
-var _ redis.UniversalClient = (*redis.Client)(nil)

@@ -145,10 +145,14 @@ func (p InAttempt) call(ctx context.Context, fn func() (providers.Result, error)
 		}
 		d := providers.Describe(err)
 		switch {
-		case d.NotSent:
-			return r, err
 		case d.Class == providers.RateLimited && d.RetryAfter > 0 && d.RetryAfter <= p.MaxRateLimitWait:
 			hb.hint = d.RetryAfter
+			return r, err
+		case d.Class == providers.RateLimited:
+			// A long wait goes back to the queue, even for a request that was
+			// never sent (our own limiter): retrying sooner cannot help.
+			return r, backoff.Permanent(err)
+		case d.NotSent:
 			return r, err
 		default:
 			return r, backoff.Permanent(err)

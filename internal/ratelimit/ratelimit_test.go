@@ -1,0 +1,175 @@
+package ratelimit
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/certmail/certmail/internal/providers"
+	"github.com/certmail/certmail/internal/redistest"
+)
+
+func TestMain(m *testing.M) { redistest.Main(m) }
+
+func TestParseRules(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		in      string
+		want    []Rule
+		wantErr string
+	}{
+		{"", nil, ""},
+		{"off", nil, ""},
+		{"0", nil, ""},
+		{DigiCertDefault, []Rule{{100, 5 * time.Second}, {1000, 3 * time.Minute}}, ""},
+		{" 5/1s ", []Rule{{5, time.Second}}, ""},
+		{"100", nil, "N/DURATION"},
+		{"0/5s", nil, "N/DURATION"},
+		{"x/5s", nil, "N/DURATION"},
+		{"10/5", nil, "period"},
+		{"10/500ms", nil, "period"},
+		{"10/5s,", nil, "N/DURATION"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.in, func(t *testing.T) {
+			t.Parallel()
+			got, err := ParseRules(tc.in)
+			if tc.wantErr != "" {
+				require.ErrorContains(t, err, tc.wantErr)
+				return
+			}
+			require.NoError(t, err)
+			require.Equal(t, tc.want, got)
+		})
+	}
+}
+
+type countResender struct{ n atomic.Int64 }
+
+func (c *countResender) Resend(context.Context, providers.Request) (providers.Result, error) {
+	c.n.Add(1)
+	return providers.Result{Provider: providers.DigiCert, StatusCode: 204}, nil
+}
+
+func TestWrapWithoutRulesIsTheClient(t *testing.T) {
+	t.Parallel()
+	next := &countResender{}
+	require.Same(t, providers.Resender(next), Wrap(next, nil, providers.DigiCert, "key", nil, time.Second))
+}
+
+// TestLimitSharedAcrossWorkers: two wrappers (two worker processes) with the
+// same credential share one budget; calls past it either wait for a slot
+// or, when the wait is too long, come back rate-limited and never reach
+// the provider.
+func TestLimitSharedAcrossWorkers(t *testing.T) {
+	t.Parallel()
+	redistest.Each(t, func(t *testing.T, b redistest.Backend) {
+		rdb := b.Client(t)
+		next := &countResender{}
+		rules := []Rule{{N: 4, Per: time.Second}}
+		w1 := Wrap(next, rdb, providers.DigiCert, "the-api-key", rules, 0)
+		w2 := Wrap(next, rdb, providers.DigiCert, "the-api-key", rules, 0)
+		other := Wrap(next, rdb, providers.DigiCert, "another-key", rules, 0)
+
+		var sent, held int
+		for i := range 10 {
+			w := w1
+			if i%2 == 1 {
+				w = w2
+			}
+			_, err := w.Resend(t.Context(), providers.Request{OrderID: "1"})
+			if err == nil {
+				sent++
+				continue
+			}
+			held++
+			var le *Error
+			require.ErrorAs(t, err, &le)
+			d := providers.Describe(err)
+			require.Equal(t, providers.RateLimited, d.Class)
+			require.True(t, d.NotSent)
+			require.Greater(t, d.RetryAfter, time.Duration(0))
+			require.LessOrEqual(t, d.RetryAfter, time.Second)
+			require.NotContains(t, err.Error(), "the-api-key")
+			require.Contains(t, err.Error(), "our rate limit 4/1s reached")
+		}
+		require.Equal(t, 4, sent, "the burst is the rule's N, shared by both workers")
+		require.Equal(t, 6, held)
+		require.EqualValues(t, 4, next.n.Load())
+
+		// Another credential has its own budget.
+		_, err := other.Resend(t.Context(), providers.Request{OrderID: "1"})
+		require.NoError(t, err)
+
+		keys, err := rdb.Keys(t.Context(), "*ratelimit*").Result()
+		require.NoError(t, err)
+		require.NotEmpty(t, keys)
+		for _, k := range keys {
+			require.NotContains(t, k, "api-key", "limiter keys hold a hash, never the credential")
+		}
+	})
+}
+
+// TestShortWaitIsTakenInPlace: with a wait allowance, a call past the burst
+// waits for its slot instead of failing, and the steady rate holds.
+func TestShortWaitIsTakenInPlace(t *testing.T) {
+	t.Parallel()
+	redistest.Each(t, func(t *testing.T, b redistest.Backend) {
+		rdb := b.Client(t)
+		next := &countResender{}
+		w := Wrap(next, rdb, providers.OpenSRS, "k", []Rule{{N: 5, Per: time.Second}}, 2*time.Second)
+		start := time.Now()
+		var wg sync.WaitGroup
+		errs := make(chan error, 8)
+		for range 8 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				_, err := w.Resend(t.Context(), providers.Request{OrderID: "1"})
+				errs <- err
+			}()
+		}
+		wg.Wait()
+		close(errs)
+		for err := range errs {
+			require.NoError(t, err)
+		}
+		require.EqualValues(t, 8, next.n.Load())
+		// 5 at once, then one every 200 ms: the 8th no sooner than ~600 ms.
+		require.GreaterOrEqual(t, time.Since(start), 500*time.Millisecond)
+	})
+}
+
+func TestRedisDownIsTransientNotSent(t *testing.T) {
+	t.Parallel()
+	b := redistest.Mini(t)
+	rdb := b.Client(t)
+	b.Mini.Close()
+	next := &countResender{}
+	w := Wrap(next, rdb, providers.DigiCert, "k", []Rule{{N: 5, Per: time.Second}}, time.Second)
+	_, err := w.Resend(t.Context(), providers.Request{OrderID: "1"})
+	d := providers.Describe(err)
+	require.Equal(t, providers.Transient, d.Class)
+	require.True(t, d.NotSent)
+	require.Zero(t, next.n.Load())
+}
+
+func TestCancelWhileWaiting(t *testing.T) {
+	t.Parallel()
+	b := redistest.Mini(t)
+	rdb := b.Client(t)
+	next := &countResender{}
+	w := Wrap(next, rdb, providers.DigiCert, "k", []Rule{{N: 1, Per: 10 * time.Second}}, time.Minute)
+	_, err := w.Resend(t.Context(), providers.Request{OrderID: "1"})
+	require.NoError(t, err)
+	ctx, cancel := context.WithTimeout(t.Context(), 100*time.Millisecond)
+	defer cancel()
+	_, err = w.Resend(ctx, providers.Request{OrderID: "1"})
+	require.True(t, errors.Is(err, context.DeadlineExceeded))
+	require.EqualValues(t, 1, next.n.Load())
+}
