@@ -163,8 +163,8 @@ func (o *opts) registerFilters(fs *flag.FlagSet) {
 // filter validates the filter flags.
 func (o *opts) filter(ids []string) (deadletter.Filter, error) {
 	f := deadletter.Filter{Provider: o.provider, ErrorContains: o.errorContains, IDs: ids}
-	if o.provider != "" && o.provider != "opensrs" && o.provider != "digicert" {
-		return f, usagef("--provider: must be opensrs or digicert, got %q", o.provider)
+	if err := f.Validate(); err != nil { // its messages start with the field name
+		return f, usagef("--%v", err)
 	}
 	if o.since != "" {
 		d, err := parseSince(o.since)

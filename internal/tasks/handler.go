@@ -77,7 +77,15 @@ func (h *Handler) ProcessTask(ctx context.Context, t *asynq.Task) error {
 	queue, _ := asynq.GetQueueName(ctx)
 	retried, _ := asynq.GetRetryCount(ctx)
 	maxRetry, _ := asynq.GetMaxRetry(ctx)
-	orderID, ref := Meta(t.Payload())
+	// The payload is parsed once; Meta reads what it can of a broken one,
+	// so that even its dead letter names the order.
+	p, decodeErr := Decode(t.Type(), t.Payload())
+	var orderID, ref string
+	if decodeErr == nil {
+		orderID, ref = p.Order(), p.Ref()
+	} else {
+		orderID, ref = Meta(t.Payload())
+	}
 	a := outcome.Attempt{
 		TaskID: id, Type: t.Type(), Queue: queue, Provider: queue,
 		OrderID: orderID, Reference: ref, Attempt: retried + 1, At: start,
@@ -90,9 +98,8 @@ func (h *Handler) ProcessTask(ctx context.Context, t *asynq.Task) error {
 		}
 	}
 
-	p, err := Decode(t.Type(), t.Payload())
-	if err != nil {
-		err = fmt.Errorf("invalid payload: %s", redact.Emails(err.Error()))
+	if decodeErr != nil {
+		err := fmt.Errorf("invalid payload: %s", redact.Emails(decodeErr.Error()))
 		a.Outcome, a.Class, a.Error = outcome.Dead, "invalid_payload", err.Error()
 		h.finish(ctx, start, &a, dead("invalid_payload", err), 0)
 		return &deadError{err}
