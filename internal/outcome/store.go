@@ -15,6 +15,11 @@ import (
 const (
 	DefaultRetention    = 7 * 24 * time.Hour
 	DefaultStreamMaxLen = 100_000
+	// MaxAttemptsKept bounds one task's attempt history: rate-limit bounces
+	// do not spend the retry budget, so without a cap a task bouncing for
+	// days would grow its list without end. The newest attempts are kept
+	// (each carries its own attempt number, so a gap is visible).
+	MaxAttemptsKept = 100
 )
 
 // Store writes and reads attempts and dead letters in Redis.
@@ -47,6 +52,7 @@ func (s *Store) Record(ctx context.Context, a Attempt, dead *DeadLetter) error {
 	_, err = s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
 		key := attemptsKey(a.TaskID)
 		p.RPush(ctx, key, b)
+		p.LTrim(ctx, key, -MaxAttemptsKept, -1)
 		if dead != nil {
 			db, err := json.Marshal(dead)
 			if err != nil {

@@ -516,3 +516,25 @@ func TestStoreClaimExpires(t *testing.T) {
 		require.Equal(t, Claimed, state)
 	})
 }
+
+// A task that bounces off a rate limit for days records an attempt per
+// bounce without spending its budget; its history must stay bounded.
+func TestStoreRecordCapsAttempts(t *testing.T) {
+	t.Parallel()
+	redistest.Each(t, func(t *testing.T, b redistest.Backend) {
+		sb := setupStore(t, b)
+		ctx := t.Context()
+		const id = "bouncer"
+		const n = MaxAttemptsKept + 25
+		for i := range n {
+			a := attempt(id, 1, RateLimited)
+			a.Error = fmt.Sprintf("bounce %d", i)
+			require.NoError(t, sb.store.Record(ctx, a, nil))
+		}
+		got, err := sb.store.Attempts(ctx, id)
+		require.NoError(t, err)
+		require.Len(t, got, MaxAttemptsKept)
+		require.Equal(t, fmt.Sprintf("bounce %d", n-MaxAttemptsKept), got[0].Error, "the oldest are dropped")
+		require.Equal(t, fmt.Sprintf("bounce %d", n-1), got[MaxAttemptsKept-1].Error, "the newest are kept")
+	})
+}
