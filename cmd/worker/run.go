@@ -86,16 +86,18 @@ func serve(ctx context.Context, cfg *config, stdout, stderr io.Writer, h *hooks)
 		defer demo.Close()
 	}
 
+	// Every configuration error is reported before anything is connected.
+	clients, err := buildClients(cfg, demo)
+	if err != nil {
+		return err
+	}
 	rdb, err := redisconn.Connect(ctx, cfg.redisURL, 5*time.Second)
 	if err != nil {
 		return err
 	}
 	defer rdb.Close()
 
-	resenders, err := buildResenders(cfg, demo, rdb, log)
-	if err != nil {
-		return err
-	}
+	resenders := limitClients(cfg, clients, rdb, log)
 	queues := map[string]int{}
 	for name := range resenders {
 		queues[string(name)] = 1
@@ -201,11 +203,17 @@ func serve(ctx context.Context, cfg *config, stdout, stderr io.Writer, h *hooks)
 	return nil
 }
 
-func buildResenders(cfg *config, demo *demoEnv, rdb redis.UniversalClient, log *slog.Logger) (map[providers.Name]providers.Resender, error) {
-	// Waits for a limiter slot up to this long are taken in the attempt;
-	// longer ones send the task back to the queue, budget untouched.
-	maxWait := tasks.DefaultInAttempt.MaxRateLimitWait
-	out := map[providers.Name]providers.Resender{}
+// clients are the configured provider clients, before rate limiting.
+type clients struct {
+	opensrs  *opensrs.Client
+	digicert *digicert.Client
+}
+
+// buildClients builds the client of each provider with credentials. It
+// needs no Redis, so loadConfig runs it too and a bad URL or key is reported
+// as a configuration error before anything is connected.
+func buildClients(cfg *config, demo *demoEnv) (clients, error) {
+	var out clients
 	if cfg.opensrsKey != "" {
 		opts := []opensrs.Option{
 			opensrs.WithBaseURL(cfg.opensrsURL),
@@ -217,11 +225,9 @@ func buildResenders(cfg *config, demo *demoEnv, rdb redis.UniversalClient, log *
 		}
 		c, err := opensrs.New(opts...)
 		if err != nil {
-			return nil, configErrf("OpenSRS configuration (OPENSRS_URL, OPENSRS_USERNAME, OPENSRS_API_KEY): %v", err)
+			return out, configErrf("OpenSRS configuration (OPENSRS_URL, OPENSRS_USERNAME, OPENSRS_API_KEY): %v", err)
 		}
-		out[providers.OpenSRS] = ratelimit.Wrap(c, rdb, providers.OpenSRS, cfg.opensrsUsername+"\x00"+string(cfg.opensrsKey), cfg.opensrsRate, maxWait)
-	} else {
-		log.Warn("OpenSRS not configured: queue opensrs is not consumed and its tasks wait (set OPENSRS_USERNAME and OPENSRS_API_KEY or OPENSRS_API_KEY_FILE)")
+		out.opensrs = c
 	}
 	if cfg.digicertKey != "" {
 		opts := []digicert.Option{
@@ -234,13 +240,30 @@ func buildResenders(cfg *config, demo *demoEnv, rdb redis.UniversalClient, log *
 		}
 		c, err := digicert.New(opts...)
 		if err != nil {
-			return nil, configErrf("DigiCert configuration (DIGICERT_URL, DIGICERT_API_KEY): %v", err)
+			return out, configErrf("DigiCert configuration (DIGICERT_URL, DIGICERT_API_KEY): %v", err)
 		}
-		out[providers.DigiCert] = ratelimit.Wrap(c, rdb, providers.DigiCert, string(cfg.digicertKey), cfg.digicertRate, maxWait)
+		out.digicert = c
+	}
+	return out, nil
+}
+
+// limitClients puts each client behind the rate limiter shared through Redis.
+func limitClients(cfg *config, c clients, rdb redis.UniversalClient, log *slog.Logger) map[providers.Name]providers.Resender {
+	// Waits for a limiter slot up to this long are taken in the attempt;
+	// longer ones send the task back to the queue, budget untouched.
+	maxWait := tasks.DefaultInAttempt.MaxRateLimitWait
+	out := map[providers.Name]providers.Resender{}
+	if c.opensrs != nil {
+		out[providers.OpenSRS] = ratelimit.Wrap(c.opensrs, rdb, providers.OpenSRS, cfg.opensrsUsername+"\x00"+string(cfg.opensrsKey), cfg.opensrsRate, maxWait)
+	} else {
+		log.Warn("OpenSRS not configured: queue opensrs is not consumed and its tasks wait (set OPENSRS_USERNAME and OPENSRS_API_KEY or OPENSRS_API_KEY_FILE)")
+	}
+	if c.digicert != nil {
+		out[providers.DigiCert] = ratelimit.Wrap(c.digicert, rdb, providers.DigiCert, string(cfg.digicertKey), cfg.digicertRate, maxWait)
 	} else {
 		log.Warn("DigiCert not configured: queue digicert is not consumed and its tasks wait (set DIGICERT_API_KEY or DIGICERT_API_KEY_FILE)")
 	}
-	return out, nil
+	return out
 }
 
 // reconcileLoop sweeps asynq's archive into durable dead letters: tasks that
