@@ -59,6 +59,12 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, getenv fu
 	return exitOK
 }
 
+// handlerDrainTimeout bounds the wait, after SHUTDOWN_TIMEOUT, for the
+// handlers asynq gave up on to record their interrupted attempts: their
+// provider calls are cancelled at once, so this is one attempt record
+// (tasks.RecordTimeout) plus a margin.
+const handlerDrainTimeout = tasks.RecordTimeout + 5*time.Second
+
 // hooks lets tests observe the running worker.
 type hooks struct {
 	// started receives the HTTP address, and in demo mode the simulators,
@@ -193,7 +199,17 @@ func serve(ctx context.Context, cfg *config, stdout, stderr io.Writer, h *hooks)
 	running.Store(false)
 	stopReconcile()
 	<-reconcileDone
+	handler.Stopping()
 	srv.Shutdown() // requeues what did not finish within ShutdownTimeout
+	// Shutdown returns without waiting for the handlers of the tasks it
+	// requeued; it has cancelled them, and they are recording their
+	// interrupted attempts (which releases their claims). Redis stays open
+	// until they have, or the requeued tasks would wait on stale claims.
+	wctx, cancelWait := context.WithTimeout(context.Background(), handlerDrainTimeout)
+	if err := handler.Wait(wctx); err != nil {
+		log.Error("shutdown: interrupted attempts not all recorded; their tasks may wait for their claims to expire", "error", err.Error())
+	}
+	cancelWait()
 	if httpSrv != nil {
 		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		_ = httpSrv.Shutdown(sctx)
