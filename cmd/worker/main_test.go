@@ -19,9 +19,18 @@ import (
 	"github.com/certmail/certmail/internal/providers/opensrs/opensrstest"
 	"github.com/certmail/certmail/internal/redistest"
 	"github.com/certmail/certmail/internal/tasks"
+	"github.com/certmail/certmail/internal/testbin"
 )
 
-func TestMain(m *testing.M) { redistest.Main(m) }
+func TestMain(m *testing.M) { redistest.Main(cleanRun{m}) }
+
+// cleanRun removes the binaries testbin built once the tests have run.
+type cleanRun struct{ m *testing.M }
+
+func (c cleanRun) Run() int {
+	defer testbin.Remove()
+	return c.m.Run()
+}
 
 // syncBuffer is a bytes.Buffer safe for the worker's concurrent log writes.
 type syncBuffer struct {
@@ -170,6 +179,12 @@ type worker struct {
 
 func startWorker(t *testing.T, b redistest.Backend, extra ...string) *worker {
 	t.Helper()
+	return startWorkerHooks(t, b, &hooks{}, extra...)
+}
+
+// startWorkerHooks is startWorker with hooks; h.started is set here.
+func startWorkerHooks(t *testing.T, b redistest.Backend, h *hooks, extra ...string) *worker {
+	t.Helper()
 	w := &worker{stderr: &syncBuffer{}, stdout: &syncBuffer{}, done: make(chan int, 1)}
 	args := append([]string{"--demo", "--demo-samples=false", "--redis-url", b.URL, "--http-addr", "127.0.0.1:0", "--concurrency", "4"}, extra...)
 	cfg, err := loadConfig(args, io.Discard, envOf(nil))
@@ -178,10 +193,11 @@ func startWorker(t *testing.T, b redistest.Backend, extra ...string) *worker {
 	ctx, cancel := context.WithCancel(context.Background())
 	w.cancel = cancel
 	go func() {
-		err := serve(ctx, cfg, w.stdout, w.stderr, &hooks{started: func(addr string, d *demoEnv) {
+		h.started = func(addr string, d *demoEnv) {
 			w.addr, w.demo = addr, d
 			close(ready)
-		}})
+		}
+		err := serve(ctx, cfg, w.stdout, w.stderr, h)
 		if err != nil {
 			w.done <- exitFailure
 			return

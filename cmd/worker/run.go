@@ -70,6 +70,8 @@ type hooks struct {
 	// started receives the HTTP address, and in demo mode the simulators,
 	// once everything runs.
 	started func(httpAddr string, demo *demoEnv)
+	// recorder, if set, wraps the handler's recorder (e.g. to slow it down).
+	recorder func(tasks.Recorder) tasks.Recorder
 }
 
 func newLogger(w io.Writer, level string) *slog.Logger {
@@ -119,6 +121,9 @@ func serve(ctx context.Context, cfg *config, stdout, stderr io.Writer, h *hooks)
 	var recorder tasks.Recorder = store
 	if demo != nil {
 		recorder = demo.printer(store)
+	}
+	if h != nil && h.recorder != nil {
+		recorder = h.recorder(recorder)
 	}
 	handler := &tasks.Handler{
 		Resenders:       resenders,
