@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"runtime/debug"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -141,7 +142,7 @@ func (h *Handler) now() time.Time {
 // Every exit records the attempt, and every exit on which asynq archives the
 // task (SkipRetry, or a counted failure with no retry left) also writes the
 // task's dead letter, so that none waits for the archive sweep.
-func (h *Handler) ProcessTask(ctx context.Context, t *asynq.Task) error {
+func (h *Handler) ProcessTask(ctx context.Context, t *asynq.Task) (err error) {
 	h.enter()
 	defer h.leave()
 	start := h.now()
@@ -169,6 +170,22 @@ func (h *Handler) ProcessTask(ctx context.Context, t *asynq.Task) error {
 			LastError: redact.Emails(err.Error()), LastFailedAt: h.now(), Class: class, Source: "handler",
 		}
 	}
+	defer func() {
+		// asynq would turn a panic (say, in a provider client) into a
+		// failure too, but without the attempt record that releases the
+		// in-flight claim, and without a dead letter on the last attempt.
+		if v := recover(); v != nil {
+			h.Logger.ErrorContext(ctx, "task handler panicked", "task_id", id, "panic", redact.Emails(fmt.Sprint(v)), "stack", string(debug.Stack()))
+			perr := errors.New(redact.Emails(fmt.Sprintf("panic: %v", v)))
+			a.Class, a.Error = "panic", perr.Error()
+			var dl *outcome.DeadLetter
+			if a.Outcome = outcome.Retrying; retried >= maxRetry {
+				a.Outcome, dl = outcome.Dead, dead("panic", perr)
+			}
+			h.finish(ctx, start, &a, dl, 0)
+			err = perr
+		}
+	}()
 
 	if decodeErr != nil {
 		err := fmt.Errorf("invalid payload: %s", redact.Emails(decodeErr.Error()))

@@ -370,6 +370,14 @@ func TestHandlerDeadLetters(t *testing.T) {
 			wantOutcome: []outcome.Outcome{outcome.Dead},
 		},
 		{
+			name: "provider client panics on the last attempt",
+			resend: func(context.Context, int, providers.Request) (providers.Result, error) {
+				panic("boom for admin@example.com")
+			},
+			maxRetry: 0, wantCalls: 1, wantRetried: 0, wantClass: "panic",
+			wantLastErr: "panic: boom for a***@example.com", wantOutcome: []outcome.Outcome{outcome.Dead},
+		},
+		{
 			name:     "unknown task type",
 			maxRetry: 5,
 			enqueue: func(t *testing.T, hb *handlerBundle, maxRetry int) (string, string, []byte) {
@@ -444,6 +452,12 @@ func TestHandlerDeadLetters(t *testing.T) {
 				n, err := hb.store.CountDead(t.Context())
 				require.NoError(t, err)
 				require.Equal(t, int64(1), n)
+
+				if tc.prepare == nil { // a test's own zombie claim is not the handler's to release
+					claims, err := hb.rdb.Exists(t.Context(), "certmail:inflight:{"+id+"}").Result()
+					require.NoError(t, err)
+					require.Zero(t, claims, "the in-flight claim is released")
+				}
 
 				// The attempt history of a dead task does not expire.
 				ttl, err := hb.rdb.TTL(t.Context(), "certmail:attempts:"+id).Result()
