@@ -84,7 +84,8 @@ Environment (flags override):
   RETRY_BASE, RETRY_MAX        exponential retry schedule (default 30s doubling to 1h)
   RATE_LIMIT_WAIT              wait after a rate limit without a hint (default 30s)
   HTTP_ADDR                    /healthz /readyz /metrics /dashboard/ (default 127.0.0.1:8080; "off" disables)
-  SHUTDOWN_TIMEOUT             wait for in-flight tasks on SIGTERM before requeueing them (default 25s)
+  SHUTDOWN_TIMEOUT             wait for in-flight tasks on SIGTERM before requeueing them (default 25s;
+                               then up to 10s more while the interrupted attempts are recorded)
   RECONCILE_INTERVAL           how often asynq's archive is swept into dead letters (default 1m)
   OUTCOME_RETENTION            how long attempt histories and success marks are kept (default 168h, at least 1h)
   DASHBOARD_USER, DASHBOARD_PASSWORD[_FILE]   basic auth for /dashboard/ (off without them)
