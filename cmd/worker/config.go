@@ -5,6 +5,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"strconv"
 	"strings"
@@ -83,9 +84,10 @@ Environment (flags override):
   RETRY_BASE, RETRY_MAX        exponential retry schedule (default 30s doubling to 1h)
   RATE_LIMIT_WAIT              wait after a rate limit without a hint (default 30s)
   HTTP_ADDR                    /healthz /readyz /metrics /dashboard/ (default 127.0.0.1:8080; "off" disables)
-  SHUTDOWN_TIMEOUT             wait for in-flight tasks on SIGTERM before requeueing them (default 25s)
+  SHUTDOWN_TIMEOUT             wait for in-flight tasks on SIGTERM before requeueing them (default 25s;
+                               then up to 10s more while the interrupted attempts are recorded)
   RECONCILE_INTERVAL           how often asynq's archive is swept into dead letters (default 1m)
-  OUTCOME_RETENTION            how long attempt histories of live tasks are kept (default 168h)
+  OUTCOME_RETENTION            how long attempt histories and success marks are kept (default 168h, at least 1h)
   DASHBOARD_USER, DASHBOARD_PASSWORD[_FILE]   basic auth for /dashboard/ (off without them)
   DASHBOARD_READONLY           true mounts the dashboard read-only
   LOG_LEVEL                    debug, info, warn or error (default info)
@@ -230,12 +232,21 @@ func (c *config) validate() error {
 		return configErrf("SHUTDOWN_TIMEOUT (--shutdown-timeout): must be at least 1s")
 	case c.reconcileEvery < time.Second:
 		return configErrf("RECONCILE_INTERVAL (--reconcile-interval): must be at least 1s")
-	case c.retention < time.Minute:
-		return configErrf("OUTCOME_RETENTION (--outcome-retention): must be at least 1m")
+	case c.retention < minRetention:
+		return configErrf("OUTCOME_RETENTION (--outcome-retention): must be at least %s (success marks must outlive asynq's crash recovery, or a redelivered task is resent), got %s", minRetention, c.retention)
 	case (c.dashboardUser == "") != (c.dashboardPass == ""):
 		return configErrf("DASHBOARD_USER and DASHBOARD_PASSWORD: set both or neither")
+	case c.dashboardNoAuth && c.dashboardUser != "":
+		return configErrf("--dashboard-no-auth: not with DASHBOARD_USER and DASHBOARD_PASSWORD; choose one")
+	case strings.Contains(c.dashboardUser, ":"):
+		return configErrf("DASHBOARD_USER (--dashboard-user): must not contain ':' (basic auth)")
 	}
-	if _, err := redisconn.Parse(c.redisURL); err != nil && !c.demo {
+	if c.httpAddr != "off" {
+		if err := checkListenAddr(c.httpAddr); err != nil {
+			return configErrf("HTTP_ADDR (--http-addr): %v (host:port, or off)", err)
+		}
+	}
+	if _, err := redisconn.Parse(c.redisURL); err != nil && (!c.demo || c.demoRedis) {
 		return configErrf("REDIS_URL (--redis-url): %v", err)
 	}
 	switch strings.ToLower(c.logLevel) {
@@ -251,6 +262,34 @@ func (c *config) validate() error {
 	}
 	if !c.demo && c.opensrsKey == "" && c.digicertKey == "" {
 		return configErrf("no provider configured: set OPENSRS_USERNAME and OPENSRS_API_KEY (or OPENSRS_API_KEY_FILE), and/or DIGICERT_API_KEY (or DIGICERT_API_KEY_FILE); or run worker --demo")
+	}
+	if !c.demo { // the demo points the clients at its simulators
+		if _, err := buildClients(c, nil); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// minRetention is the floor of OUTCOME_RETENTION. The success mark that
+// stops a redelivered task from emailing twice lives that long, and asynq's
+// recoverer redelivers a crashed worker's task after 1–3 minutes (lease
+// 30 s, cutoff 30 s, sweep every minute, plus the retry delay): an hour
+// leaves a wide margin over that and over a worker down for a while.
+const minRetention = time.Hour
+
+// checkListenAddr rejects an address net.Listen would refuse for its form,
+// so that the mistake exits 2 before anything is connected. A numeric port
+// is required (0 picks a free one).
+func checkListenAddr(addr string) error {
+	_, port, err := net.SplitHostPort(addr)
+	if ae := (*net.AddrError)(nil); errors.As(err, &ae) {
+		return fmt.Errorf("%q: %s", addr, ae.Err)
+	} else if err != nil {
+		return err
+	}
+	if _, err := strconv.ParseUint(port, 10, 16); err != nil {
+		return fmt.Errorf("%q: port must be a number from 0 to 65535", addr)
 	}
 	return nil
 }

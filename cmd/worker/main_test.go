@@ -19,9 +19,18 @@ import (
 	"github.com/certmail/certmail/internal/providers/opensrs/opensrstest"
 	"github.com/certmail/certmail/internal/redistest"
 	"github.com/certmail/certmail/internal/tasks"
+	"github.com/certmail/certmail/internal/testbin"
 )
 
-func TestMain(m *testing.M) { redistest.Main(m) }
+func TestMain(m *testing.M) { redistest.Main(cleanRun{m}) }
+
+// cleanRun removes the binaries testbin built once the tests have run.
+type cleanRun struct{ m *testing.M }
+
+func (c cleanRun) Run() int {
+	defer testbin.Remove()
+	return c.m.Run()
+}
 
 // syncBuffer is a bytes.Buffer safe for the worker's concurrent log writes.
 type syncBuffer struct {
@@ -86,6 +95,52 @@ func TestConfigErrors(t *testing.T) {
 	}
 }
 
+// TestConfigErrorsBeforeConnecting: every bad setting exits 2 naming it,
+// before the worker connects to anything. REDIS_URL points at a port nothing
+// listens on, so a connection attempt first would exit 1 ("unreachable").
+func TestConfigErrorsBeforeConnecting(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name    string
+		args    []string
+		env     map[string]string
+		wantErr string
+	}{
+		{"http addr without port", nil, map[string]string{"HTTP_ADDR": "nonsense"}, "HTTP_ADDR"},
+		{"http addr port out of range", nil, map[string]string{"HTTP_ADDR": ":99999"}, "HTTP_ADDR"},
+		{"http addr port not a number", nil, map[string]string{"HTTP_ADDR": "127.0.0.1:eighty"}, "HTTP_ADDR"},
+		{"http addr flag", []string{"--http-addr", "127.0.0.1"}, nil, "HTTP_ADDR"},
+		{"retention below the floor", nil, map[string]string{"OUTCOME_RETENTION": "59m"}, "OUTCOME_RETENTION"},
+		{"retention flag below the floor", []string{"--outcome-retention", "10m"}, nil, "OUTCOME_RETENTION"},
+		{"digicert url without slash", nil, map[string]string{"DIGICERT_URL": "https://www.digicert.com/services/v2"}, "DIGICERT_URL"},
+		{"digicert key with spaces", nil, map[string]string{"DIGICERT_API_KEY": " k "}, "DIGICERT_API_KEY"},
+		{"opensrs url relative", nil, map[string]string{"OPENSRS_USERNAME": "u", "OPENSRS_API_KEY": "k", "OPENSRS_URL": "opensrs/"}, "OPENSRS_URL"},
+		{"dashboard no-auth with credentials", []string{"--dashboard-no-auth"}, map[string]string{"DASHBOARD_USER": "ops", "DASHBOARD_PASSWORD": "pw"}, "--dashboard-no-auth"},
+		{"dashboard user with colon", nil, map[string]string{"DASHBOARD_USER": "o:ps", "DASHBOARD_PASSWORD": "pw"}, "DASHBOARD_USER"},
+		{"demo with a bad redis url", []string{"--demo", "--redis-url", "http://x"}, nil, "REDIS_URL"},
+		{"shutdown timeout", nil, map[string]string{"SHUTDOWN_TIMEOUT": "0s"}, "SHUTDOWN_TIMEOUT"},
+		{"provider timeout", nil, map[string]string{"PROVIDER_TIMEOUT": "10ms"}, "PROVIDER_TIMEOUT"},
+		{"rate limit wait", nil, map[string]string{"RATE_LIMIT_WAIT": "-1s"}, "RATE_LIMIT_WAIT"},
+		{"reconcile interval", nil, map[string]string{"RECONCILE_INTERVAL": "1ms"}, "RECONCILE_INTERVAL"},
+		{"log level", nil, map[string]string{"LOG_LEVEL": "trace"}, "LOG_LEVEL"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			env := map[string]string{"DIGICERT_API_KEY": "k", "REDIS_URL": "redis://127.0.0.1:1/0"}
+			for k, v := range tc.env {
+				env[k] = v
+			}
+			var stdout, stderr bytes.Buffer
+			code := run(t.Context(), tc.args, &stdout, &stderr, envOf(env))
+			require.Equal(t, exitUsage, code, stderr.String())
+			require.Contains(t, stderr.String(), tc.wantErr)
+			require.NotContains(t, stderr.String(), "unreachable")
+			require.Equal(t, 1, strings.Count(stderr.String(), "\n"), "one line: %q", stderr.String())
+		})
+	}
+}
+
 func TestHelp(t *testing.T) {
 	t.Parallel()
 	var stdout, stderr bytes.Buffer
@@ -124,6 +179,12 @@ type worker struct {
 
 func startWorker(t *testing.T, b redistest.Backend, extra ...string) *worker {
 	t.Helper()
+	return startWorkerHooks(t, b, &hooks{}, extra...)
+}
+
+// startWorkerHooks is startWorker with hooks; h.started is set here.
+func startWorkerHooks(t *testing.T, b redistest.Backend, h *hooks, extra ...string) *worker {
+	t.Helper()
 	w := &worker{stderr: &syncBuffer{}, stdout: &syncBuffer{}, done: make(chan int, 1)}
 	args := append([]string{"--demo", "--demo-samples=false", "--redis-url", b.URL, "--http-addr", "127.0.0.1:0", "--concurrency", "4"}, extra...)
 	cfg, err := loadConfig(args, io.Discard, envOf(nil))
@@ -132,10 +193,11 @@ func startWorker(t *testing.T, b redistest.Backend, extra ...string) *worker {
 	ctx, cancel := context.WithCancel(context.Background())
 	w.cancel = cancel
 	go func() {
-		err := serve(ctx, cfg, w.stdout, w.stderr, &hooks{started: func(addr string, d *demoEnv) {
+		h.started = func(addr string, d *demoEnv) {
 			w.addr, w.demo = addr, d
 			close(ready)
-		}})
+		}
+		err := serve(ctx, cfg, w.stdout, w.stderr, h)
 		if err != nil {
 			w.done <- exitFailure
 			return

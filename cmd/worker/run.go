@@ -59,11 +59,19 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, getenv fu
 	return exitOK
 }
 
+// handlerDrainTimeout bounds the wait, after SHUTDOWN_TIMEOUT, for the
+// handlers asynq gave up on to record their interrupted attempts: their
+// provider calls are cancelled at once, so this is one attempt record
+// (tasks.RecordTimeout) plus a margin.
+const handlerDrainTimeout = tasks.RecordTimeout + 5*time.Second
+
 // hooks lets tests observe the running worker.
 type hooks struct {
 	// started receives the HTTP address, and in demo mode the simulators,
 	// once everything runs.
 	started func(httpAddr string, demo *demoEnv)
+	// recorder, if set, wraps the handler's recorder (e.g. to slow it down).
+	recorder func(tasks.Recorder) tasks.Recorder
 }
 
 func newLogger(w io.Writer, level string) *slog.Logger {
@@ -86,16 +94,18 @@ func serve(ctx context.Context, cfg *config, stdout, stderr io.Writer, h *hooks)
 		defer demo.Close()
 	}
 
+	// Every configuration error is reported before anything is connected.
+	clients, err := buildClients(cfg, demo)
+	if err != nil {
+		return err
+	}
 	rdb, err := redisconn.Connect(ctx, cfg.redisURL, 5*time.Second)
 	if err != nil {
 		return err
 	}
 	defer rdb.Close()
 
-	resenders, err := buildResenders(cfg, demo, rdb, log)
-	if err != nil {
-		return err
-	}
+	resenders := limitClients(cfg, clients, rdb, log)
 	queues := map[string]int{}
 	for name := range resenders {
 		queues[string(name)] = 1
@@ -111,6 +121,9 @@ func serve(ctx context.Context, cfg *config, stdout, stderr io.Writer, h *hooks)
 	var recorder tasks.Recorder = store
 	if demo != nil {
 		recorder = demo.printer(store)
+	}
+	if h != nil && h.recorder != nil {
+		recorder = h.recorder(recorder)
 	}
 	handler := &tasks.Handler{
 		Resenders:       resenders,
@@ -191,7 +204,17 @@ func serve(ctx context.Context, cfg *config, stdout, stderr io.Writer, h *hooks)
 	running.Store(false)
 	stopReconcile()
 	<-reconcileDone
+	handler.Stopping()
 	srv.Shutdown() // requeues what did not finish within ShutdownTimeout
+	// Shutdown returns without waiting for the handlers of the tasks it
+	// requeued; it has cancelled them, and they are recording their
+	// interrupted attempts (which releases their claims). Redis stays open
+	// until they have, or the requeued tasks would wait on stale claims.
+	wctx, cancelWait := context.WithTimeout(context.Background(), handlerDrainTimeout)
+	if err := handler.Wait(wctx); err != nil {
+		log.Error("shutdown: interrupted attempts not all recorded; their tasks may wait for their claims to expire", "error", err.Error())
+	}
+	cancelWait()
 	if httpSrv != nil {
 		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		_ = httpSrv.Shutdown(sctx)
@@ -201,11 +224,17 @@ func serve(ctx context.Context, cfg *config, stdout, stderr io.Writer, h *hooks)
 	return nil
 }
 
-func buildResenders(cfg *config, demo *demoEnv, rdb redis.UniversalClient, log *slog.Logger) (map[providers.Name]providers.Resender, error) {
-	// Waits for a limiter slot up to this long are taken in the attempt;
-	// longer ones send the task back to the queue, budget untouched.
-	maxWait := tasks.DefaultInAttempt.MaxRateLimitWait
-	out := map[providers.Name]providers.Resender{}
+// clients are the configured provider clients, before rate limiting.
+type clients struct {
+	opensrs  *opensrs.Client
+	digicert *digicert.Client
+}
+
+// buildClients builds the client of each provider with credentials. It
+// needs no Redis, so loadConfig runs it too and a bad URL or key is reported
+// as a configuration error before anything is connected.
+func buildClients(cfg *config, demo *demoEnv) (clients, error) {
+	var out clients
 	if cfg.opensrsKey != "" {
 		opts := []opensrs.Option{
 			opensrs.WithBaseURL(cfg.opensrsURL),
@@ -217,11 +246,9 @@ func buildResenders(cfg *config, demo *demoEnv, rdb redis.UniversalClient, log *
 		}
 		c, err := opensrs.New(opts...)
 		if err != nil {
-			return nil, configErrf("OpenSRS configuration (OPENSRS_URL, OPENSRS_USERNAME, OPENSRS_API_KEY): %v", err)
+			return out, configErrf("OpenSRS configuration (OPENSRS_URL, OPENSRS_USERNAME, OPENSRS_API_KEY): %v", err)
 		}
-		out[providers.OpenSRS] = ratelimit.Wrap(c, rdb, providers.OpenSRS, cfg.opensrsUsername+"\x00"+string(cfg.opensrsKey), cfg.opensrsRate, maxWait)
-	} else {
-		log.Warn("OpenSRS not configured: queue opensrs is not consumed and its tasks wait (set OPENSRS_USERNAME and OPENSRS_API_KEY or OPENSRS_API_KEY_FILE)")
+		out.opensrs = c
 	}
 	if cfg.digicertKey != "" {
 		opts := []digicert.Option{
@@ -234,13 +261,30 @@ func buildResenders(cfg *config, demo *demoEnv, rdb redis.UniversalClient, log *
 		}
 		c, err := digicert.New(opts...)
 		if err != nil {
-			return nil, configErrf("DigiCert configuration (DIGICERT_URL, DIGICERT_API_KEY): %v", err)
+			return out, configErrf("DigiCert configuration (DIGICERT_URL, DIGICERT_API_KEY): %v", err)
 		}
-		out[providers.DigiCert] = ratelimit.Wrap(c, rdb, providers.DigiCert, string(cfg.digicertKey), cfg.digicertRate, maxWait)
+		out.digicert = c
+	}
+	return out, nil
+}
+
+// limitClients puts each client behind the rate limiter shared through Redis.
+func limitClients(cfg *config, c clients, rdb redis.UniversalClient, log *slog.Logger) map[providers.Name]providers.Resender {
+	// Waits for a limiter slot up to this long are taken in the attempt;
+	// longer ones send the task back to the queue, budget untouched.
+	maxWait := tasks.DefaultInAttempt.MaxRateLimitWait
+	out := map[providers.Name]providers.Resender{}
+	if c.opensrs != nil {
+		out[providers.OpenSRS] = ratelimit.Wrap(c.opensrs, rdb, providers.OpenSRS, cfg.opensrsUsername+"\x00"+string(cfg.opensrsKey), cfg.opensrsRate, maxWait)
+	} else {
+		log.Warn("OpenSRS not configured: queue opensrs is not consumed and its tasks wait (set OPENSRS_USERNAME and OPENSRS_API_KEY or OPENSRS_API_KEY_FILE)")
+	}
+	if c.digicert != nil {
+		out[providers.DigiCert] = ratelimit.Wrap(c.digicert, rdb, providers.DigiCert, string(cfg.digicertKey), cfg.digicertRate, maxWait)
 	} else {
 		log.Warn("DigiCert not configured: queue digicert is not consumed and its tasks wait (set DIGICERT_API_KEY or DIGICERT_API_KEY_FILE)")
 	}
-	return out, nil
+	return out
 }
 
 // reconcileLoop sweeps asynq's archive into durable dead letters: tasks that

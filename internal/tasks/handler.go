@@ -8,6 +8,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"runtime/debug"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hibiken/asynq"
@@ -44,6 +47,70 @@ type Handler struct {
 	InAttempt       InAttempt
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
+
+	// running counts ProcessTask calls, so that the worker can keep Redis
+	// open until each has recorded its attempt (see Wait).
+	mu      sync.Mutex
+	running int
+	idle    chan struct{} // closed when running drops to 0
+	// stopping is set by Stopping: a cancelled context then means asynq's
+	// shutdown, which requeues the task, not a cancellation that archives it.
+	stopping atomic.Bool
+}
+
+// RecordTimeout bounds the recording of one attempt. It runs on a context
+// detached from the task's, so that an attempt interrupted by a shutdown or
+// a deadline is still recorded and its claim released.
+const RecordTimeout = 5 * time.Second
+
+// Stopping tells the handler that the worker is shutting down; call it
+// before asynq's Server.Shutdown. Attempts interrupted from then on are
+// recorded as interrupted (asynq puts their tasks back to pending with the
+// budget untouched) instead of dead.
+func (h *Handler) Stopping() { h.stopping.Store(true) }
+
+// Wait blocks until every ProcessTask call has returned, or ctx ends.
+//
+// asynq's Server.Shutdown requeues the tasks that outlast ShutdownTimeout and
+// returns without waiting for their handlers; it cancels their contexts, so
+// they stop promptly, but they still record the interrupted attempt and
+// release the task's in-flight claim. Closing Redis before Wait returns would
+// lose that record and leave the claim to block the requeued task until it
+// expires.
+func (h *Handler) Wait(ctx context.Context) error {
+	h.mu.Lock()
+	n, idle := h.running, h.idle
+	h.mu.Unlock()
+	if n == 0 {
+		return nil
+	}
+	select {
+	case <-idle:
+		return nil
+	case <-ctx.Done():
+		h.mu.Lock()
+		n = h.running
+		h.mu.Unlock()
+		return fmt.Errorf("%d task handler(s) still running: %w", n, ctx.Err())
+	}
+}
+
+func (h *Handler) enter() {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.running == 0 {
+		h.idle = make(chan struct{})
+	}
+	h.running++
+}
+
+func (h *Handler) leave() {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.running--
+	if h.running == 0 {
+		close(h.idle)
+	}
 }
 
 // recordMargin is kept from the task deadline so the outcome of a call that
@@ -71,7 +138,13 @@ func (h *Handler) now() time.Time {
 }
 
 // ProcessTask implements asynq.Handler.
-func (h *Handler) ProcessTask(ctx context.Context, t *asynq.Task) error {
+//
+// Every exit records the attempt, and every exit on which asynq archives the
+// task (SkipRetry, or a counted failure with no retry left) also writes the
+// task's dead letter, so that none waits for the archive sweep.
+func (h *Handler) ProcessTask(ctx context.Context, t *asynq.Task) (err error) {
+	h.enter()
+	defer h.leave()
 	start := h.now()
 	id, _ := asynq.GetTaskID(ctx)
 	queue, _ := asynq.GetQueueName(ctx)
@@ -97,6 +170,22 @@ func (h *Handler) ProcessTask(ctx context.Context, t *asynq.Task) error {
 			LastError: redact.Emails(err.Error()), LastFailedAt: h.now(), Class: class, Source: "handler",
 		}
 	}
+	defer func() {
+		// asynq would turn a panic (say, in a provider client) into a
+		// failure too, but without the attempt record that releases the
+		// in-flight claim, and without a dead letter on the last attempt.
+		if v := recover(); v != nil {
+			h.Logger.ErrorContext(ctx, "task handler panicked", "task_id", id, "panic", redact.Emails(fmt.Sprint(v)), "stack", string(debug.Stack()))
+			perr := errors.New(redact.Emails(fmt.Sprintf("panic: %v", v)))
+			a.Class, a.Error = "panic", perr.Error()
+			var dl *outcome.DeadLetter
+			if a.Outcome = outcome.Retrying; retried >= maxRetry {
+				a.Outcome, dl = outcome.Dead, dead("panic", perr)
+			}
+			h.finish(ctx, start, &a, dl, 0)
+			err = perr
+		}
+	}()
 
 	if decodeErr != nil {
 		err := fmt.Errorf("invalid payload: %s", redact.Emails(decodeErr.Error()))
@@ -105,32 +194,58 @@ func (h *Handler) ProcessTask(ctx context.Context, t *asynq.Task) error {
 		return &deadError{err}
 	}
 	a.Provider = string(p.Provider())
+	last := retried >= maxRetry
 	r, ok := h.Resenders[p.Provider()]
 	if !ok {
 		// Only reachable if a task sits in the wrong queue: the worker does
 		// not consume queues of unconfigured providers.
 		err := fmt.Errorf("provider %s is not configured on this worker", p.Provider())
-		a.Outcome, a.Class, a.Error = outcome.Retrying, "configuration", err.Error()
+		a.Class, a.Error = "configuration", err.Error()
+		if last {
+			a.Outcome = outcome.Dead
+			h.finish(ctx, start, &a, dead("configuration", err), 0)
+			return err
+		}
+		a.Outcome = outcome.Retrying
 		h.finish(ctx, start, &a, nil, 0)
 		return err
 	}
 
 	callCtx, cancel := h.callContext(ctx)
 	defer cancel()
-	state, at, err := h.claim(callCtx, id, &a, retried >= maxRetry)
+	state, at, err := h.claim(callCtx, id, &a, last)
 	if err != nil {
-		if errors.Is(ctx.Err(), context.Canceled) {
-			return fmt.Errorf("interrupted while waiting for another delivery: %w", err)
-		}
 		var rl *RateLimitError
-		if errors.As(err, &rl) {
+		switch {
+		case errors.Is(ctx.Err(), context.Canceled):
+			err = fmt.Errorf("while waiting for another delivery: %w", err)
+			return h.interrupted(ctx, start, &a, err, last, dead, 0)
+		case errors.As(err, &rl):
 			// Another delivery of this very task is calling the provider
 			// (asynq redelivered it after a lease expiry or timeout): come
 			// back when its claim has ended, without spending the budget.
 			a.Outcome, a.Class, a.Error, a.RetryInMS = outcome.Retrying, "in_flight", err.Error(), rl.RetryIn.Milliseconds()
 			h.finish(ctx, start, &a, nil, 0)
+			return err
+		case last && errors.Is(err, context.DeadlineExceeded):
+			// On the last attempt claim waits for the other delivery; it held
+			// the call until this attempt's deadline, and asynq now archives.
+			err = errors.New("another delivery of this task held the provider call until this attempt's deadline")
+			a.Outcome, a.Class, a.Error = outcome.Dead, "in_flight", err.Error()
+			h.finish(ctx, start, &a, dead("in_flight", err), 0)
+			return err
+		case last:
+			// Redis trouble with no retry left: asynq archives the task.
+			err = errors.New(redact.Emails(err.Error()))
+			a.Outcome, a.Class, a.Error = outcome.Dead, "retries_exhausted", err.Error()
+			h.finish(ctx, start, &a, dead("retries_exhausted", err), 0)
+			return err
+		default:
+			// Redis trouble: asynq retries.
+			a.Outcome, a.Class, a.Error = outcome.Retrying, providers.Transient.String(), redact.Emails(err.Error())
+			h.finish(ctx, start, &a, nil, 0)
+			return err
 		}
-		return err // Redis trouble: asynq retries
 	}
 	if state == outcome.AlreadySucceeded {
 		// Delivered once already (a crash or lease loss came between the
@@ -160,14 +275,9 @@ func (h *Handler) ProcessTask(ctx context.Context, t *asynq.Task) error {
 	d := providers.Describe(err)
 	msg := redact.Emails(err.Error())
 	a.Class, a.HTTPStatus, a.ProviderCode, a.ProviderMessage, a.Error = d.Class.String(), d.StatusCode, d.Code, redact.Emails(d.Message), msg
-	last := retried >= maxRetry
 	switch {
 	case errors.Is(ctx.Err(), context.Canceled):
-		// Shutdown or lease loss: asynq puts the task back without counting
-		// a failure. It is not dead, whatever its retry count.
-		a.Outcome = outcome.Retrying
-		h.finish(ctx, start, &a, nil, latency)
-		return fmt.Errorf("interrupted: %s", msg)
+		return h.interrupted(ctx, start, &a, errors.New(msg), last, dead, latency)
 	case d.Class == providers.Permanent || d.Class == providers.Configuration:
 		a.Outcome = outcome.Dead
 		h.finish(ctx, start, &a, dead(d.Class.String(), errors.New(msg)), latency)
@@ -189,6 +299,27 @@ func (h *Handler) ProcessTask(ctx context.Context, t *asynq.Task) error {
 		h.finish(ctx, start, &a, nil, latency)
 		return errors.New(msg)
 	}
+}
+
+// interrupted records an attempt whose context was cancelled. At shutdown
+// asynq has already put the task back to pending with its budget untouched
+// (and ignores what the handler returns): the attempt is recorded as
+// retrying, class "interrupted", which also releases the in-flight claim so
+// the requeued task is not blocked. Any other cancellation (lease loss, the
+// dashboard's cancel) is a failure to asynq, which archives the task when
+// no retry is left: then the dead letter is written here.
+func (h *Handler) interrupted(ctx context.Context, start time.Time, a *outcome.Attempt, err error, last bool,
+	dead func(string, error) *outcome.DeadLetter, latency time.Duration) error {
+	err = fmt.Errorf("interrupted: %w", err)
+	a.Class, a.Error = "interrupted", err.Error()
+	if last && !h.stopping.Load() {
+		a.Outcome = outcome.Dead
+		h.finish(ctx, start, a, dead("interrupted", err), latency)
+		return err
+	}
+	a.Outcome = outcome.Retrying
+	h.finish(ctx, start, a, nil, latency)
+	return err
 }
 
 // claimSlack outlives the provider call in the in-flight claim, covering
@@ -271,7 +402,7 @@ func (h *Handler) writeResult(ctx context.Context, t *asynq.Task, res Result) {
 // reports it to the observer and logs it.
 func (h *Handler) finish(ctx context.Context, start time.Time, a *outcome.Attempt, dead *outcome.DeadLetter, latency time.Duration) {
 	a.DurationMS = float64(h.now().Sub(start).Microseconds()) / 1000
-	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), RecordTimeout)
 	defer cancel()
 	recErr := h.Recorder.Record(rctx, *a, dead)
 	if h.Observer != nil {

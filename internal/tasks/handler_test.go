@@ -240,7 +240,9 @@ func TestHandlerDeadLetters(t *testing.T) {
 		resend   func(ctx context.Context, n int, req providers.Request) (providers.Result, error)
 		maxRetry int
 		// enqueue puts the task in; nil means Enqueue an OpenSRS payload.
-		enqueue     func(t *testing.T, hb *handlerBundle, maxRetry int) (queue, id string, payload []byte)
+		enqueue func(t *testing.T, hb *handlerBundle, maxRetry int) (queue, id string, payload []byte)
+		// prepare, if set, runs after enqueue and before the server starts.
+		prepare     func(t *testing.T, hb *handlerBundle, id string)
 		wantCalls   int
 		wantRetried int
 		wantClass   string
@@ -327,6 +329,55 @@ func TestHandlerDeadLetters(t *testing.T) {
 			wantOutcome: []outcome.Outcome{outcome.Dead},
 		},
 		{
+			name:     "unconfigured provider on the last attempt",
+			maxRetry: 0,
+			prepare: func(_ *testing.T, hb *handlerBundle, _ string) {
+				delete(hb.handler.Resenders, providers.OpenSRS)
+			},
+			wantCalls: 0, wantRetried: 0, wantClass: "configuration",
+			wantLastErr: "provider opensrs is not configured on this worker", wantOutcome: []outcome.Outcome{outcome.Dead},
+		},
+		{
+			name:     "claim error on the last attempt",
+			maxRetry: 1,
+			prepare: func(_ *testing.T, hb *handlerBundle, _ string) {
+				hb.handler.Recorder = claimFailing{hb.store}
+			},
+			wantCalls: 0, wantRetried: 1, wantClass: "retries_exhausted",
+			wantLastErr: "outcome: claim task: READONLY You can't write against a read only replica.",
+			wantOutcome: []outcome.Outcome{outcome.Retrying, outcome.Dead},
+		},
+		{
+			name:     "claim wait runs out on the last attempt",
+			maxRetry: 0,
+			enqueue: func(t *testing.T, hb *handlerBundle, maxRetry int) (string, string, []byte) {
+				p := NewOpenSRSPayload("3005", "", false)
+				// A short task timeout: the wait ends at its deadline less recordMargin.
+				e, err := hb.enq.Enqueue(t.Context(), p, Options{MaxRetry: maxRetry, Timeout: 3 * time.Second, Retention: time.Hour})
+				require.NoError(t, err)
+				payload, err := json.Marshal(p)
+				require.NoError(t, err)
+				return QueueOpenSRS, e.ID, payload
+			},
+			prepare: func(t *testing.T, hb *handlerBundle, id string) {
+				// Another delivery holds the provider call past this attempt.
+				state, _, _, err := hb.store.Claim(t.Context(), id, "zombie", time.Minute)
+				require.NoError(t, err)
+				require.Equal(t, outcome.Claimed, state)
+			},
+			wantCalls: 0, wantRetried: 0, wantClass: "in_flight",
+			wantLastErr: "another delivery of this task held the provider call until this attempt's deadline",
+			wantOutcome: []outcome.Outcome{outcome.Dead},
+		},
+		{
+			name: "provider client panics on the last attempt",
+			resend: func(context.Context, int, providers.Request) (providers.Result, error) {
+				panic("boom for admin@example.com")
+			},
+			maxRetry: 0, wantCalls: 1, wantRetried: 0, wantClass: "panic",
+			wantLastErr: "panic: boom for a***@example.com", wantOutcome: []outcome.Outcome{outcome.Dead},
+		},
+		{
 			name:     "unknown task type",
 			maxRetry: 5,
 			enqueue: func(t *testing.T, hb *handlerBundle, maxRetry int) (string, string, []byte) {
@@ -356,6 +407,9 @@ func TestHandlerDeadLetters(t *testing.T) {
 					queue, id = QueueOpenSRS, e.ID
 					payload, err = json.Marshal(p)
 					require.NoError(t, err)
+				}
+				if tc.prepare != nil {
+					tc.prepare(t, hb, id)
 				}
 				hb.start(t)
 
@@ -398,6 +452,12 @@ func TestHandlerDeadLetters(t *testing.T) {
 				n, err := hb.store.CountDead(t.Context())
 				require.NoError(t, err)
 				require.Equal(t, int64(1), n)
+
+				if tc.prepare == nil { // a test's own zombie claim is not the handler's to release
+					claims, err := hb.rdb.Exists(t.Context(), "certmail:inflight:{"+id+"}").Result()
+					require.NoError(t, err)
+					require.Zero(t, claims, "the in-flight claim is released")
+				}
 
 				// The attempt history of a dead task does not expire.
 				ttl, err := hb.rdb.TTL(t.Context(), "certmail:attempts:"+id).Result()
@@ -494,24 +554,149 @@ func TestHandlerIdempotency(t *testing.T) {
 	})
 }
 
+// TestHandlerUnconfiguredProviderRetries: a task in the queue of a provider
+// this worker has no credentials for is retried while it has budget, and
+// dead-lettered by the handler itself (not left to the sweep) when it has none.
 func TestHandlerUnconfiguredProviderRetries(t *testing.T) {
 	t.Parallel()
 	redistest.Each(t, func(t *testing.T, b redistest.Backend) {
 		hb := setupHandler(t, b, nil)
 		delete(hb.handler.Resenders, providers.DigiCert)
 		hb.start(t)
-		e, err := hb.enq.Enqueue(t.Context(), &DigiCertPayload{OrderID: "6001"}, handlerOptions(0))
+		e, err := hb.enq.Enqueue(t.Context(), &DigiCertPayload{OrderID: "6001"}, handlerOptions(1))
 		require.NoError(t, err)
 
 		info := hb.waitFinal(t, QueueDigiCert, e.ID)
-		// MaxRetry 0: archived by asynq, but not a handler dead letter: the
-		// worker, not the task, is at fault.
 		require.Equal(t, asynq.TaskStateArchived, info.State)
+		require.Equal(t, 1, info.Retried)
 		require.Contains(t, info.LastErr, "provider digicert is not configured")
 		as := hb.attempts(t, e.ID)
-		require.Len(t, as, 1)
+		outs, _ := outcomesOf(as)
+		require.Equal(t, []outcome.Outcome{outcome.Retrying, outcome.Dead}, outs)
 		require.Equal(t, "configuration", as[0].Class)
+		d, ok, err := hb.store.DeadLetter(t.Context(), e.ID)
+		require.NoError(t, err)
+		require.True(t, ok, "dead letter written by the handler")
+		require.Equal(t, "configuration", d.Class)
+		require.Equal(t, "handler", d.Source)
 		require.Empty(t, hb.resender.Calls())
+	})
+}
+
+// claimFailing is a Recorder whose claims fail as on a Redis replica.
+type claimFailing struct{ Recorder }
+
+func (claimFailing) Claim(context.Context, string, string, time.Duration) (outcome.ClaimState, time.Time, time.Duration, error) {
+	return 0, time.Time{}, 0, errors.New("outcome: claim task: READONLY You can't write against a read only replica.")
+}
+
+// blockUntilCancelled is a provider call that never answers until its
+// context ends, like a provider that hangs; it reports the calls it saw.
+func blockUntilCancelled(called chan<- struct{}) func(ctx context.Context, n int, req providers.Request) (providers.Result, error) {
+	return func(ctx context.Context, _ int, _ providers.Request) (providers.Result, error) {
+		called <- struct{}{}
+		<-ctx.Done()
+		return providers.Result{}, &fakeErr{msg: "opensrs: request cancelled: " + ctx.Err().Error(),
+			d: providers.Detail{Provider: providers.OpenSRS, Class: providers.Transient, Message: ctx.Err().Error()}}
+	}
+}
+
+// TestHandlerShutdownInterruptsWithoutDeadLetter: asynq's Shutdown gives up
+// on a hanging attempt after ShutdownTimeout, requeues the task and cancels
+// the handler. The hanging provider call is cancelled, Wait returns once the
+// attempt is recorded as interrupted, the claim is released and the task is
+// pending with its budget untouched, even with no retry left.
+func TestHandlerShutdownInterruptsWithoutDeadLetter(t *testing.T) {
+	t.Parallel()
+	redistest.Each(t, func(t *testing.T, b redistest.Backend) {
+		called := make(chan struct{}, 1)
+		hb := setupHandler(t, b, blockUntilCancelled(called))
+		srv := asynq.NewServerFromRedisClient(hb.rdb, asynq.Config{
+			Concurrency: 2, Queues: map[string]int{QueueOpenSRS: 1},
+			IsFailure: IsFailure, TaskCheckInterval: 100 * time.Millisecond,
+			ShutdownTimeout: time.Second, LogLevel: asynq.ErrorLevel,
+		})
+		require.NoError(t, srv.Start(hb.handler))
+		e, err := hb.enq.Enqueue(t.Context(), NewOpenSRSPayload("7001", "", false), handlerOptions(0))
+		require.NoError(t, err)
+		select {
+		case <-called:
+		case <-time.After(20 * time.Second):
+			t.Fatal("the provider was never called")
+		}
+
+		hb.handler.Stopping()
+		srv.Shutdown()
+		wctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
+		defer cancel()
+		require.NoError(t, hb.handler.Wait(wctx), "every handler returned")
+
+		// Everything below is already true when Wait returns: no polling.
+		info, err := hb.insp.GetTaskInfo(QueueOpenSRS, e.ID)
+		require.NoError(t, err)
+		require.Equal(t, asynq.TaskStatePending, info.State)
+		require.Equal(t, 0, info.Retried)
+		as := hb.attempts(t, e.ID)
+		require.Len(t, as, 1, "the interrupted attempt is recorded")
+		require.Equal(t, outcome.Retrying, as[0].Outcome)
+		require.Equal(t, "interrupted", as[0].Class)
+		require.Contains(t, as[0].Error, "interrupted")
+		n, err := hb.rdb.Exists(t.Context(), "certmail:inflight:{"+e.ID+"}").Result()
+		require.NoError(t, err)
+		require.Zero(t, n, "the claim is released")
+		_, dead, err := hb.store.DeadLetter(t.Context(), e.ID)
+		require.NoError(t, err)
+		require.False(t, dead)
+	})
+}
+
+// TestHandlerWaitBounded: Wait gives up when its context ends while a
+// handler is still running, and says how many.
+func TestHandlerWaitBounded(t *testing.T) {
+	t.Parallel()
+	h := &Handler{}
+	require.NoError(t, h.Wait(t.Context()), "nothing running")
+	h.enter()
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Millisecond)
+	defer cancel()
+	err := h.Wait(ctx)
+	require.ErrorIs(t, err, context.DeadlineExceeded)
+	require.Contains(t, err.Error(), "1 task handler(s) still running")
+	h.leave()
+	require.NoError(t, h.Wait(t.Context()))
+}
+
+// TestHandlerCancelledOnLastAttemptIsDead: a cancellation that is not a
+// shutdown (here the dashboard's cancel) is a failure to asynq, which
+// archives a task with no retry left; the handler writes its dead letter.
+func TestHandlerCancelledOnLastAttemptIsDead(t *testing.T) {
+	t.Parallel()
+	redistest.Each(t, func(t *testing.T, b redistest.Backend) {
+		called := make(chan struct{}, 1)
+		hb := setupHandler(t, b, blockUntilCancelled(called))
+		hb.start(t)
+		e, err := hb.enq.Enqueue(t.Context(), NewOpenSRSPayload("7002", "", false), handlerOptions(0))
+		require.NoError(t, err)
+		select {
+		case <-called:
+		case <-time.After(20 * time.Second):
+			t.Fatal("the provider was never called")
+		}
+		require.Eventually(t, func() bool { return hb.insp.CancelProcessing(e.ID) == nil }, 10*time.Second, 100*time.Millisecond)
+
+		info := hb.waitFinal(t, QueueOpenSRS, e.ID)
+		require.Equal(t, asynq.TaskStateArchived, info.State)
+		var d outcome.DeadLetter
+		require.Eventually(t, func() bool {
+			var ok bool
+			d, ok, err = hb.store.DeadLetter(t.Context(), e.ID)
+			return err == nil && ok
+		}, 10*time.Second, 20*time.Millisecond, "dead letter written by the handler")
+		require.Equal(t, "interrupted", d.Class)
+		require.Equal(t, "handler", d.Source)
+		as := hb.attempts(t, e.ID)
+		require.Len(t, as, 1)
+		require.Equal(t, outcome.Dead, as[0].Outcome)
 	})
 }
 

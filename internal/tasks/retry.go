@@ -43,13 +43,17 @@ func (p RetryPolicy) exponential() *backoff.ExponentialBackOff {
 
 // Delay returns the wait before retry n (0-based, asynq's Retried count).
 // backoff/v4's ExponentialBackOff is stateful, so each call builds a fresh
-// one and steps it n+1 times; the result lies within Base·2ⁿ (capped at Max)
-// ± the jitter.
+// one and steps it n+1 times; the result lies within Base·2ⁿ ± the jitter,
+// and never above Max: backoff/v4 caps before jittering, so a capped delay
+// would otherwise overshoot Max by up to the jitter.
 func (p RetryPolicy) Delay(n int) time.Duration {
 	b := p.exponential()
 	var d time.Duration
 	for i := 0; i <= min(n, 64); i++ { // capped long before 64 doublings
 		d = b.NextBackOff()
+	}
+	if p.Max > 0 {
+		d = min(d, p.Max)
 	}
 	return d
 }

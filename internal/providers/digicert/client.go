@@ -31,11 +31,8 @@ const (
 const (
 	// maxBodySize is the most New's client reads of any reply.
 	maxBodySize = 1 << 20
-	// maxRetryAfter bounds a provider's Retry-After hint (and avoids
-	// overflowing time.Duration on absurd values).
-	maxRetryAfter = 24 * time.Hour
-	dialTimeout   = 10 * time.Second
-	tlsTimeout    = 10 * time.Second
+	dialTimeout = 10 * time.Second
+	tlsTimeout  = 10 * time.Second
 )
 
 // redacted replaces the API key wherever a value could be printed.

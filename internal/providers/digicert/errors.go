@@ -223,34 +223,6 @@ func splitCode(code string) (base, rest string) {
 	return code, ""
 }
 
-// parseRetryAfter parses a Retry-After value in seconds or as an HTTP date.
-func parseRetryAfter(v string, now time.Time) (time.Duration, bool) {
-	v = strings.TrimSpace(v)
-	if v == "" {
-		return 0, false
-	}
-	if secs, err := strconv.ParseInt(v, 10, 64); err == nil {
-		if secs < 0 {
-			return 0, false
-		}
-		if secs > int64(maxRetryAfter/time.Second) {
-			return maxRetryAfter, true
-		}
-		return time.Duration(secs) * time.Second, true
-	}
-	t, err := http.ParseTime(v)
-	if err != nil {
-		return 0, false
-	}
-	d := t.Sub(now)
-	if d < 0 {
-		d = 0
-	}
-	// HTTP dates have a one-second resolution.
-	d = d.Round(time.Second)
-	return min(d, maxRetryAfter), true
-}
-
 // transportError classifies an error from http.Client.Do or from reading the
 // body. parent is the caller's context; wrote says whether the transport
 // reported writing the request.

@@ -2,7 +2,6 @@ package digicert
 
 import (
 	"errors"
-	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -96,38 +95,6 @@ func TestClassify(t *testing.T) {
 				items = append(items, ErrorItem{Code: c})
 			}
 			require.Equal(t, tc.want, classify(tc.status, items))
-		})
-	}
-}
-
-func TestParseRetryAfter(t *testing.T) {
-	t.Parallel()
-	now := time.Date(2026, 5, 1, 12, 0, 0, 0, time.UTC)
-	tests := []struct {
-		name   string
-		value  string
-		want   time.Duration
-		wantOK bool
-	}{
-		{"Seconds", "120", 2 * time.Minute, true},
-		{"Zero", "0", 0, true},
-		{"Spaces", " 5 ", 5 * time.Second, true},
-		{"Negative", "-1", 0, false},
-		{"Huge", "99999999999999999", maxRetryAfter, true},
-		{"HTTPDate", now.Add(90 * time.Second).Format(http.TimeFormat), 90 * time.Second, true},
-		{"RFC850", now.Add(time.Minute).Format("Monday, 02-Jan-06 15:04:05 GMT"), time.Minute, true},
-		{"PastDate", now.Add(-time.Hour).Format(http.TimeFormat), 0, true},
-		{"FarDate", now.Add(1000 * time.Hour).Format(http.TimeFormat), maxRetryAfter, true},
-		{"Empty", "", 0, false},
-		{"Garbage", "soon", 0, false},
-		{"Fraction", "1.5", 0, false},
-	}
-	for _, tc := range tests {
-		t.Run(tc.name, func(t *testing.T) {
-			t.Parallel()
-			got, ok := parseRetryAfter(tc.value, now)
-			require.Equal(t, tc.wantOK, ok)
-			require.Equal(t, tc.want, got)
 		})
 	}
 }

@@ -191,7 +191,7 @@ func (c *Client) checkResponse(ctx context.Context, resp *http.Response) (*Respo
 		}
 	}
 	if e.Class == providers.RateLimited {
-		if d, ok := parseRetryAfter(resp.Header.Get("Retry-After"), time.Now()); ok {
+		if d, ok := providers.ParseRetryAfter(resp.Header.Get("Retry-After"), time.Now()); ok {
 			e.RetryAfter = d
 		} else {
 			e.RetryAfter = c.rateLimitWait

@@ -230,6 +230,12 @@ func TestErrorReplies(t *testing.T) {
 			wantItems: []ErrorItem{{"request_limit_exceeded", "Service unavailable, please limit request volume"}},
 		},
 		{
+			name: "RateLimitedRetryAfterOneYearCapped", status: 429, contentType: "application/json", file: "rate_limited.json",
+			header:    map[string]string{"Retry-After": "31536000"},
+			wantClass: providers.RateLimited, wantRetryAfter: providers.MaxRetryAfter,
+			wantItems: []ErrorItem{{"request_limit_exceeded", "Service unavailable, please limit request volume"}},
+		},
+		{
 			name: "RateLimitedRetryAfterGarbage", status: 429, file: "rate_limited.json",
 			header:    map[string]string{"Retry-After": "soon"},
 			wantClass: providers.RateLimited, wantRetryAfter: defaultWait,

@@ -309,6 +309,14 @@ func TestHTTPFailures(t *testing.T) {
 			w.Header().Set("Retry-After", "7")
 			w.WriteHeader(429)
 		}, providers.RateLimited, "opensrs: HTTP 429 (rate_limited)", 7 * time.Second},
+		{"429RetryAfterOneYearCapped", func(w http.ResponseWriter, _ *http.Request) {
+			w.Header().Set("Retry-After", "31536000")
+			w.WriteHeader(429)
+		}, providers.RateLimited, "opensrs: HTTP 429 (rate_limited)", providers.MaxRetryAfter},
+		{"429RetryAfterOverflow", func(w http.ResponseWriter, _ *http.Request) {
+			w.Header().Set("Retry-After", "99999999999")
+			w.WriteHeader(429)
+		}, providers.RateLimited, "opensrs: HTTP 429 (rate_limited)", providers.MaxRetryAfter},
 		{"200Malformed", func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "<OPS_envelope><body>") }, providers.Permanent, "malformed OPS reply", 0},
 		{"200Empty", func(w http.ResponseWriter, _ *http.Request) {}, providers.Permanent, "malformed OPS reply", 0},
 		{"200TooLarge", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write(big) }, providers.Permanent, "opensrs: HTTP 200: reply larger than 1 MiB (permanent)", 0},

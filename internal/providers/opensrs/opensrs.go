@@ -13,7 +13,6 @@ import (
 	"net/http/httptrace"
 	"net/netip"
 	"net/url"
-	"strconv"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -506,17 +505,9 @@ func snippet(data []byte) string {
 	return strings.ToValidUTF8(s, "\uFFFD")
 }
 
+// retryAfter is the Retry-After hint, 0 (none: the worker's default wait)
+// when absent or malformed.
 func retryAfter(v string) time.Duration {
-	if v == "" {
-		return 0
-	}
-	if n, err := strconv.Atoi(strings.TrimSpace(v)); err == nil && n > 0 {
-		return time.Duration(n) * time.Second
-	}
-	if t, err := http.ParseTime(v); err == nil {
-		if d := time.Until(t); d > 0 {
-			return d
-		}
-	}
-	return 0
+	d, _ := providers.ParseRetryAfter(v, time.Now())
+	return d
 }

@@ -1,0 +1,185 @@
+package main
+
+import (
+	"context"
+	"os"
+	"os/exec"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/hibiken/asynq"
+	"github.com/stretchr/testify/require"
+
+	"github.com/certmail/certmail/internal/outcome"
+	"github.com/certmail/certmail/internal/providers/opensrs/opensrstest"
+	"github.com/certmail/certmail/internal/redistest"
+	"github.com/certmail/certmail/internal/tasks"
+	"github.com/certmail/certmail/internal/testbin"
+)
+
+// workerProc is the built worker binary running as its own process.
+type workerProc struct {
+	cmd    *exec.Cmd
+	stderr *syncBuffer
+	exited chan struct{}
+}
+
+// startWorkerProc runs `worker --demo` against the given Redis: the
+// simulators run inside the worker process, the queue is the test's.
+func startWorkerProc(t *testing.T, bin, redisURL string, env ...string) *workerProc {
+	t.Helper()
+	w := &workerProc{stderr: &syncBuffer{}, exited: make(chan struct{})}
+	w.cmd = exec.Command(bin, "--demo", "--demo-samples=false", "--redis-url", redisURL, "--http-addr", "127.0.0.1:0")
+	w.cmd.Env = append([]string{"PATH=" + os.Getenv("PATH"), "HOME=" + os.Getenv("HOME")}, env...)
+	w.cmd.Stdout = &syncBuffer{}
+	w.cmd.Stderr = w.stderr
+	require.NoError(t, w.cmd.Start())
+	go func() {
+		_ = w.cmd.Wait()
+		close(w.exited)
+	}()
+	t.Cleanup(func() {
+		select {
+		case <-w.exited:
+		default:
+			_ = w.cmd.Process.Kill()
+			<-w.exited
+		}
+	})
+	require.Eventually(t, func() bool { return strings.Contains(w.stderr.String(), `"msg":"worker started"`) },
+		30*time.Second, 20*time.Millisecond, "worker did not start: %s", w.stderr)
+	return w
+}
+
+// terminate sends SIGTERM and returns the exit code and how long the exit took.
+func (w *workerProc) terminate(t *testing.T) (int, time.Duration) {
+	t.Helper()
+	start := time.Now()
+	require.NoError(t, w.cmd.Process.Signal(syscall.SIGTERM))
+	select {
+	case <-w.exited:
+	case <-time.After(60 * time.Second):
+		t.Fatalf("worker did not exit after SIGTERM: %s", w.stderr)
+	}
+	return w.cmd.ProcessState.ExitCode(), time.Since(start)
+}
+
+// TestSIGTERMRequeuesSlowTaskWithItsAttemptRecorded: a worker process
+// stopped with SIGTERM (SHUTDOWN_TIMEOUT=1s) while a provider call hangs, on
+// a task with no retry left, exits 0 after recording the interrupted attempt
+// and releasing the task's in-flight claim; the task is back to pending with
+// its budget untouched, and the next worker completes it instead of waiting
+// on a stale claim until asynq archives it.
+func TestSIGTERMRequeuesSlowTaskWithItsAttemptRecorded(t *testing.T) {
+	t.Parallel()
+	b := redistest.Real(t)
+	bin := testbin.Build(t, "cmd/worker")
+	rdb := b.Client(t)
+	insp := asynq.NewInspectorFromRedisClient(rdb)
+	defer insp.Close()
+	store := outcome.NewStore(rdb, 0)
+	claimKey := func(id string) string { return outcome.KeyPrefix + "inflight:{" + id + "}" }
+
+	w := startWorkerProc(t, bin, b.URL, "SHUTDOWN_TIMEOUT=1s")
+	enq := tasks.NewEnqueuer(rdb)
+	defer enq.Close()
+	opts := tasks.DefaultOptions()
+	opts.MaxRetry = 0 // a shutdown must not kill it even with no budget left
+	opts.DedupWindow = 0
+	// Demo order 1004: the OpenSRS simulator answers after 20 s.
+	res, err := enq.Enqueue(t.Context(), tasks.NewOpenSRSPayload("1004", "slow", false), opts)
+	require.NoError(t, err)
+	waitState(t, insp, "opensrs", res.ID, asynq.TaskStateActive)
+	require.Eventually(t, func() bool { return rdb.Exists(t.Context(), claimKey(res.ID)).Val() == 1 },
+		20*time.Second, 10*time.Millisecond, "the attempt never claimed the provider call")
+
+	code, took := w.terminate(t)
+	t.Logf("worker exited %d, %s after SIGTERM", code, took)
+	require.Equal(t, exitOK, code, w.stderr.String())
+	require.NotContains(t, w.stderr.String(), "client is closed")
+
+	info, err := insp.GetTaskInfo("opensrs", res.ID)
+	require.NoError(t, err)
+	require.Equal(t, asynq.TaskStatePending, info.State)
+	require.Equal(t, 0, info.Retried)
+	as, err := store.Attempts(t.Context(), res.ID)
+	require.NoError(t, err)
+	require.Len(t, as, 1, "the interrupted attempt is recorded")
+	require.Equal(t, outcome.Retrying, as[0].Outcome)
+	require.Equal(t, "interrupted", as[0].Class)
+	require.Zero(t, rdb.Exists(t.Context(), claimKey(res.ID)).Val(), "the claim is released")
+	_, dead, err := store.DeadLetter(t.Context(), res.ID)
+	require.NoError(t, err)
+	require.False(t, dead)
+
+	// The next worker calls the provider at once and completes the task.
+	w2 := startWorkerProc(t, bin, b.URL)
+	require.Eventually(t, func() bool {
+		info, err = insp.GetTaskInfo("opensrs", res.ID)
+		return err == nil && (info.State == asynq.TaskStateCompleted || info.State == asynq.TaskStateArchived)
+	}, 90*time.Second, 100*time.Millisecond, "task never finished: %s", w2.stderr)
+	require.Equal(t, asynq.TaskStateCompleted, info.State, info.LastErr)
+	require.Equal(t, 0, info.Retried)
+	as, err = store.Attempts(t.Context(), res.ID)
+	require.NoError(t, err)
+	outs := make([]outcome.Outcome, 0, len(as))
+	for _, a := range as {
+		outs = append(outs, a.Outcome)
+	}
+	require.Equal(t, []outcome.Outcome{outcome.Retrying, outcome.Succeeded}, outs)
+	t.Logf("second worker: %s", w2.stderr)
+	code, _ = w2.terminate(t)
+	require.Equal(t, exitOK, code)
+}
+
+// slowRecorder takes its time before recording, like a loaded Redis or a
+// busy machine at shutdown.
+type slowRecorder struct {
+	tasks.Recorder
+	delay time.Duration
+}
+
+func (s slowRecorder) Record(ctx context.Context, a outcome.Attempt, dead *outcome.DeadLetter) error {
+	time.Sleep(s.delay)
+	return s.Recorder.Record(ctx, a, dead)
+}
+
+// TestShutdownWaitsForInterruptedAttempts: serve keeps Redis open until the
+// attempts asynq's Shutdown gave up on are recorded, however long recording
+// takes (within its bound). It used to close Redis as soon as Shutdown
+// returned: the record failed with "redis: client is closed", no attempt was
+// stored and the in-flight claim was left to block the requeued task.
+func TestShutdownWaitsForInterruptedAttempts(t *testing.T) {
+	t.Parallel()
+	redistest.Each(t, func(t *testing.T, b redistest.Backend) {
+		w := startWorkerHooks(t, b, &hooks{recorder: func(r tasks.Recorder) tasks.Recorder {
+			return slowRecorder{Recorder: r, delay: time.Second}
+		}}, "--shutdown-timeout", "1s")
+		w.demo.opensrs.SetBehavior("4343", opensrstest.Behavior{Hang: true})
+		rdb := b.Client(t)
+		insp := asynq.NewInspectorFromRedisClient(rdb)
+		defer insp.Close()
+		enq := tasks.NewEnqueuer(rdb)
+		defer enq.Close()
+		opts := tasks.DefaultOptions()
+		opts.MaxRetry = 0
+		res, err := enq.Enqueue(t.Context(), tasks.NewOpenSRSPayload("4343", "", false), opts)
+		require.NoError(t, err)
+		require.Eventually(t, func() bool { return w.demo.opensrs.Count("4343") == 1 || len(w.demo.opensrs.Requests()) > 0 },
+			20*time.Second, 10*time.Millisecond, "task never reached the provider")
+
+		require.Equal(t, exitOK, w.stop(t))
+		require.NotContains(t, w.stderr.String(), "client is closed")
+		info, err := insp.GetTaskInfo("opensrs", res.ID)
+		require.NoError(t, err)
+		require.Equal(t, asynq.TaskStatePending, info.State)
+		require.Equal(t, 0, info.Retried)
+		as, err := outcome.NewStore(rdb, 0).Attempts(t.Context(), res.ID)
+		require.NoError(t, err)
+		require.Len(t, as, 1, "the interrupted attempt is recorded before Redis closes")
+		require.Equal(t, outcome.Retrying, as[0].Outcome)
+		require.Zero(t, rdb.Exists(t.Context(), outcome.KeyPrefix+"inflight:{"+res.ID+"}").Val(), "the claim is released")
+	})
+}
