@@ -32,9 +32,9 @@ import (
 // atLen returns the length of the at sign spelled at s[i:], 0 if there is
 // none: '@', U+FF20, U+FE6B, \u0040 (any number of backslashes, u or U,
 // leading zeros optional), \x40, %40 (also %2540...), &#64; &#064; &#x40;
-// (semicolon optional) and &commat; (any case). A hand-written matcher: the
-// equivalent regexp made masking ten times slower, and it runs on every log
-// attribute.
+// (semicolon optional) and &commat; (any case). Hand-written because the
+// equivalent regexp made Emails about 35 times slower (23 µs against 0.6 µs
+// for a 210-byte payload), and it runs on every log attribute.
 func atLen(s string, i int) int {
 	j := i
 	switch s[i] {
