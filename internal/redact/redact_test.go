@@ -133,9 +133,10 @@ func TestHandler(t *testing.T) {
 		slog.Group("inner", "email", "erin@example.com"),
 		"url", &url.URL{Scheme: "mailto", Opaque: "frank@example.com"},
 		"n", 1799,
+		"bytes", []byte("grace@example.com"),
 	)
 	out := buf.String()
-	for _, local := range []string{"örg", "dmin", "ob@", "arol", "ave", "rin", "rank"} {
+	for _, local := range []string{"örg", "dmin", "ob@", "arol", "ave", "rin", "rank", "race", "Z3JhY2"} {
 		require.NotContains(t, out, local)
 	}
 	var rec map[string]any
@@ -147,6 +148,7 @@ func TestHandler(t *testing.T) {
 	require.Equal(t, map[string]any{"email": "c***@example.com"}, g["payload"])
 	require.Equal(t, map[string]any{"email": "e***@example.com"}, g["inner"])
 	require.Equal(t, float64(1799), g["n"])
+	require.Equal(t, "g***@example.com", g["bytes"])
 
 	buf.Reset()
 	slog.New(NewHandler(slog.NewTextHandler(&buf, nil))).Info("x", "payload", payload{"carol@example.com"})

@@ -65,6 +65,9 @@ func value(v slog.Value) slog.Value {
 			return v
 		case error:
 			return slog.StringValue(Emails(x.Error()))
+		case []byte:
+			// The JSON handler would print it in base64, past any masking.
+			return slog.StringValue(Emails(string(x)))
 		case fmt.Stringer:
 			return slog.StringValue(Emails(x.String()))
 		default:
