@@ -425,21 +425,30 @@ func toJSON(d outcome.DeadLetter) jsonDeadLetter {
 	}
 }
 
+// writeJSON prints v with email addresses masked in every string (see
+// maskJSON).
 func writeJSON(w io.Writer, v any) error {
-	enc := json.NewEncoder(w)
-	enc.SetEscapeHTML(false)
-	enc.SetIndent("", "  ")
-	return enc.Encode(v)
+	b, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	return maskJSON(w, b)
 }
 
-// Human output masks email addresses: it ends up on shared screens.
+// Human output masks email addresses: it ends up on shared screens. Every
+// line goes through redact.Writer (before the tabwriter, so that columns
+// stay aligned), whatever field it comes from.
 
 func writeTable(w io.Writer, dls []outcome.DeadLetter) error {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "ID\tTYPE\tORDER\tRETRIED\tLAST FAILED\tCLASS\tLAST ERROR")
+	mw := redact.NewWriter(tw)
+	fmt.Fprintln(mw, "ID\tTYPE\tORDER\tRETRIED\tLAST FAILED\tCLASS\tLAST ERROR")
 	for _, d := range dls {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%d/%d\t%s\t%s\t%s\n", d.ID, d.Type, cell(d.OrderID), d.Retried, d.MaxRetry,
-			d.LastFailedAt.UTC().Format(time.RFC3339), cell(d.Class), cell(redact.Emails(d.LastError)))
+		fmt.Fprintf(mw, "%s\t%s\t%s\t%d/%d\t%s\t%s\t%s\n", d.ID, d.Type, cell(d.OrderID), d.Retried, d.MaxRetry,
+			d.LastFailedAt.UTC().Format(time.RFC3339), cell(d.Class), cell(d.LastError))
+	}
+	if err := mw.Flush(); err != nil {
+		return err
 	}
 	return tw.Flush()
 }
@@ -459,17 +468,21 @@ func writeDetail(w io.Writer, d deadletter.Detail) error {
 		state = "(no longer in asynq)"
 	}
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	mw := redact.NewWriter(tw)
 	for _, kv := range [][2]string{
 		{"id", d.ID}, {"type", d.Type}, {"queue", d.Queue}, {"provider", d.Provider},
 		{"order_id", cell(d.OrderID)}, {"reference", cell(d.Reference)},
 		{"retried", fmt.Sprintf("%d of max %d", d.Retried, d.MaxRetry)},
 		{"last_failed_at", d.LastFailedAt.UTC().Format(time.RFC3339)},
 		{"class", cell(d.Class)}, {"source", cell(d.Source)},
-		{"last_error", cell(redact.Emails(d.LastError))},
+		{"last_error", cell(d.LastError)},
 		{"asynq_state", state},
-		{"payload", cell(redact.Emails(string(d.Payload)))},
+		{"payload", cell(string(redact.JSON(d.Payload)))},
 	} {
-		fmt.Fprintf(tw, "%s:\t%s\n", kv[0], kv[1])
+		fmt.Fprintf(mw, "%s:\t%s\n", kv[0], kv[1])
+	}
+	if err := mw.Flush(); err != nil {
+		return err
 	}
 	if err := tw.Flush(); err != nil {
 		return err
@@ -480,7 +493,8 @@ func writeDetail(w io.Writer, d deadletter.Detail) error {
 		return nil
 	}
 	tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "  #\tAT\tOUTCOME\tCLASS\tHTTP\tDURATION\tERROR")
+	mw = redact.NewWriter(tw)
+	fmt.Fprintln(mw, "  #\tAT\tOUTCOME\tCLASS\tHTTP\tDURATION\tERROR")
 	for _, a := range d.Attempts {
 		httpStatus := "-"
 		if a.HTTPStatus != 0 {
@@ -490,8 +504,11 @@ func writeDetail(w io.Writer, d deadletter.Detail) error {
 		if msg == "" {
 			msg = a.ProviderMessage
 		}
-		fmt.Fprintf(tw, "  %d\t%s\t%s\t%s\t%s\t%.0fms\t%s\n", a.Attempt, a.At.UTC().Format(time.RFC3339), a.Outcome,
-			cell(a.Class), httpStatus, a.DurationMS, cell(redact.Emails(msg)))
+		fmt.Fprintf(mw, "  %d\t%s\t%s\t%s\t%s\t%.0fms\t%s\n", a.Attempt, a.At.UTC().Format(time.RFC3339), a.Outcome,
+			cell(a.Class), httpStatus, a.DurationMS, cell(msg))
+	}
+	if err := mw.Flush(); err != nil {
+		return err
 	}
 	return tw.Flush()
 }

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -11,6 +12,7 @@ import (
 	"github.com/hibiken/asynq"
 
 	"github.com/certmail/certmail/internal/outcome"
+	"github.com/certmail/certmail/internal/redact"
 	"github.com/certmail/certmail/internal/tasks"
 )
 
@@ -100,29 +102,51 @@ func runStatus(ctx context.Context, args []string, stdout, _ io.Writer, getenv e
 	s.Dead = dead
 	s.Attempts = attempts
 	if asJSON {
-		enc := json.NewEncoder(stdout)
-		enc.SetIndent("", "  ")
-		return enc.Encode(s)
+		return writeStatusJSON(stdout, s)
 	}
-	fmt.Fprintf(stdout, "id:         %s\ntype:       %s\nqueue:      %s\nstate:      %s\nretried:    %d/%d\n", s.ID, s.Type, s.Queue, s.State, s.Retried, s.MaxRetry)
+	return writeStatus(stdout, s)
+}
+
+// writeStatusJSON prints s with every string masked (redact.JSON): payload,
+// result, reference, last error and attempt fields alike, however their
+// addresses are spelled or escaped in Redis.
+func writeStatusJSON(w io.Writer, s statusJSON) error {
+	b, err := json.Marshal(s)
+	if err != nil {
+		return err
+	}
+	var out bytes.Buffer
+	if err := json.Indent(&out, redact.JSON(b), "", "  "); err != nil {
+		return err
+	}
+	out.WriteByte('\n')
+	_, err = out.WriteTo(w)
+	return err
+}
+
+// writeStatus prints s for humans; every line goes through redact.Writer,
+// and the payload and result are masked as JSON first (escaped addresses).
+func writeStatus(stdout io.Writer, s statusJSON) error {
+	w := redact.NewWriter(stdout)
+	fmt.Fprintf(w, "id:         %s\ntype:       %s\nqueue:      %s\nstate:      %s\nretried:    %d/%d\n", s.ID, s.Type, s.Queue, s.State, s.Retried, s.MaxRetry)
 	if s.LastError != "" {
-		fmt.Fprintf(stdout, "last error: %s\n", s.LastError)
+		fmt.Fprintf(w, "last error: %s\n", s.LastError)
 	}
 	if s.Result != nil {
-		fmt.Fprintf(stdout, "result:     %s\n", s.Result)
+		fmt.Fprintf(w, "result:     %s\n", redact.JSON(s.Result))
 	}
-	fmt.Fprintf(stdout, "payload:    %s\n", []byte(s.Payload))
-	fmt.Fprintf(stdout, "attempts:   %d\n", len(attempts))
-	for _, a := range attempts {
+	fmt.Fprintf(w, "payload:    %s\n", redact.JSON(s.Payload))
+	fmt.Fprintf(w, "attempts:   %d\n", len(s.Attempts))
+	for _, a := range s.Attempts {
 		line := fmt.Sprintf("  #%d %s %-12s %6.0fms", a.Attempt, a.At.UTC().Format(time.RFC3339), a.Outcome, a.DurationMS)
 		if a.Error != "" {
 			line += "  " + a.Error
 		} else if a.ProviderMessage != "" {
 			line += "  " + a.ProviderMessage
 		}
-		fmt.Fprintln(stdout, line)
+		fmt.Fprintln(w, line)
 	}
-	return nil
+	return w.Flush()
 }
 
 func timePtr(t time.Time) *time.Time {

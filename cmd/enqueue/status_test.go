@@ -110,7 +110,7 @@ func TestStatusPendingAndArchived(t *testing.T) {
 		require.EqualValues(t, 4, m["max_retry"])
 		require.Equal(t, "", m["last_error"])
 		require.Equal(t, map[string]any{"order_id": "12345", "locale": "en", "reference": "R-9",
-			"domain_approval_emails": []any{map[string]any{"domain": "example.com", "email": "admin@example.com"}}}, m["payload"])
+			"domain_approval_emails": []any{map[string]any{"domain": "example.com", "email": "a***@example.com"}}}, m["payload"]) // masked on output
 		require.Empty(t, m["attempts"])
 		require.NotContains(t, m, "result")
 		require.False(t, s.Dead)

@@ -25,6 +25,7 @@ import (
 	"github.com/certmail/certmail/internal/providers/digicert"
 	"github.com/certmail/certmail/internal/providers/opensrs"
 	"github.com/certmail/certmail/internal/ratelimit"
+	"github.com/certmail/certmail/internal/redact"
 	"github.com/certmail/certmail/internal/redisconn"
 	"github.com/certmail/certmail/internal/tasks"
 )
@@ -74,10 +75,12 @@ type hooks struct {
 	recorder func(tasks.Recorder) tasks.Recorder
 }
 
+// newLogger masks email addresses in every message and attribute (one
+// place, so no call site can forget).
 func newLogger(w io.Writer, level string) *slog.Logger {
 	var l slog.Level
 	_ = l.UnmarshalText([]byte(level))
-	return slog.New(slog.NewJSONHandler(w, &slog.HandlerOptions{Level: l}))
+	return slog.New(redact.NewHandler(slog.NewJSONHandler(w, &slog.HandlerOptions{Level: l})))
 }
 
 // serve runs the worker until ctx ends, then shuts down cleanly.

@@ -8,9 +8,12 @@
 //
 // The dashboard is off unless credentials are configured (or NoAuth is set
 // explicitly): asynqmon has no authentication of its own and even its GET
-// endpoints show payloads and Redis INFO. Payloads and results are shown with
-// email addresses masked (redact.Emails); asynqmon shows a task's last error
-// verbatim, which is why the worker keeps addresses out of handler errors.
+// endpoints show payloads and Redis INFO. Email addresses are masked on the
+// way out, twice over: payloads and results are decoded and masked as JSON
+// (redact.JSON, which also catches \u0040-escaped addresses) by asynqmon's
+// formatters, and every response of asynqmon's JSON API is masked as a whole
+// (last errors, queue and task fields included), so no field it adds later
+// can show an address. The data in Redis stays verbatim: replay needs it.
 //
 // The package only builds the http.Handler; the caller owns the listener and
 // the http.Server (with its timeouts) and calls Close when done.
@@ -21,6 +24,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"crypto/subtle"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -148,7 +152,7 @@ func New(cfg Config) (*Server, error) {
 			ResultFormatter:  asynqmon.ResultFormatterFunc(formatMasked),
 			ReadOnly:         d.ReadOnly,
 		})
-		var h http.Handler = manifestCredentials(s.dashboard)
+		var h http.Handler = maskAPI(manifestCredentials(s.dashboard))
 		if !d.NoAuth {
 			h = basicAuth(d.User, d.Password, h)
 		}
@@ -238,12 +242,62 @@ func text(w http.ResponseWriter, code int, msg string) {
 	_, _ = io.WriteString(w, msg+"\n")
 }
 
-// formatMasked shows a payload or result as text with email addresses
-// masked; bytes that are not printable text are not shown.
+// formatMasked shows a payload or result with email addresses masked: a
+// JSON one decoded and re-encoded (escaped addresses are caught), any other
+// as text; bytes that are not printable text are not shown.
 func formatMasked(taskType string, b []byte) string {
+	if json.Valid(b) {
+		return string(redact.JSON(b))
+	}
 	s := asynqmon.DefaultPayloadFormatter.FormatPayload(taskType, b)
 	return redact.Emails(s)
 }
+
+// maskAPI masks email addresses in every response of asynqmon's API (JSON
+// decoded and re-encoded, anything else as text). asynqmon has formatters
+// for payloads and results only; last errors and whatever else it shows go
+// through here.
+func maskAPI(next http.Handler) http.Handler {
+	apiPrefix := DashboardRoot + "/api/"
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !strings.HasPrefix(r.URL.Path, apiPrefix) {
+			next.ServeHTTP(w, r)
+			return
+		}
+		bw := &bufferWriter{ResponseWriter: w}
+		next.ServeHTTP(bw, r)
+		body := bw.buf.Bytes()
+		if len(body) > 0 {
+			if json.Valid(body) { // asynqmon sets no Content-Type on its JSON
+				body = append(redact.JSON(body), '\n')
+			} else {
+				body = []byte(redact.Emails(string(body)))
+			}
+		}
+		w.Header().Set("Content-Length", strconv.Itoa(len(body)))
+		code := bw.code
+		if code == 0 {
+			code = http.StatusOK
+		}
+		w.WriteHeader(code)
+		_, _ = w.Write(body)
+	})
+}
+
+// bufferWriter holds a whole response back so that it can be masked.
+type bufferWriter struct {
+	http.ResponseWriter
+	code int
+	buf  bytes.Buffer
+}
+
+func (w *bufferWriter) WriteHeader(code int) {
+	if w.code == 0 {
+		w.code = code
+	}
+}
+
+func (w *bufferWriter) Write(b []byte) (int, error) { return w.buf.Write(b) }
 
 // basicAuth demands user and password. Both are compared in constant time
 // (over their SHA-256, so that lengths do not leak either).

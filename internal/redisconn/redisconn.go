@@ -26,7 +26,11 @@ func Parse(raw string) (*redis.Options, error) {
 	}
 	opt, err := redis.ParseURL(raw)
 	if err != nil {
-		return nil, fmt.Errorf("invalid URL %s: %s", Redact(raw), redactErr(err, u))
+		// Shown without its query: a rejected option may be a password
+		// (other clients accept ?password=); go-redis names the option.
+		shown := *u
+		shown.RawQuery, shown.ForceQuery = "", false
+		return nil, fmt.Errorf("invalid URL %s: %s", shown.Redacted(), redactErr(err, u))
 	}
 	return opt, nil
 }

@@ -23,6 +23,14 @@ func TestParse(t *testing.T) {
 		{"http scheme", "http://s3cret@x:1/0", "", 0, false, true},
 		{"bad db", "redis://:s3cret@x:1/notanumber", "", 0, false, true},
 		{"garbage", "::::", "", 0, false, true},
+		// url.Parse errors quote the whole URL: none may reach the message.
+		{"bad port", "redis://user:s3cret@redis.internal:63x79/0", "", 0, false, true},
+		{"bad escape", "redis://user:s3cret%zz@redis.internal:6379/0", "", 0, false, true},
+		{"slash in password", "redis://user:s3cret/x@redis.internal:6379/0", "", 0, false, true},
+		{"space in host", "redis://user:s3cret@redis internal:6379/0", "", 0, false, true},
+		{"escaped password, bad option", "redis://user:s3cre%74@redis.internal:6379/0?dial_timeout=soon", "", 0, false, true},
+		// Other clients take the password as a query option; go-redis does not.
+		{"password option", "redis://redis.internal:6379/0?password=s3cret", "", 0, false, true},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

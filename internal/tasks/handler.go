@@ -159,6 +159,9 @@ func (h *Handler) ProcessTask(ctx context.Context, t *asynq.Task) (err error) {
 	} else {
 		orderID, ref = Meta(t.Payload())
 	}
+	// Everything stored beside the payload (attempts, result, dead-letter
+	// fields) and logged carries the reference masked; the payload keeps it.
+	ref = redact.Emails(ref)
 	a := outcome.Attempt{
 		TaskID: id, Type: t.Type(), Queue: queue, Provider: queue,
 		OrderID: orderID, Reference: ref, Attempt: retried + 1, At: start,
@@ -265,9 +268,9 @@ func (h *Handler) ProcessTask(ctx context.Context, t *asynq.Task) (err error) {
 
 	if err == nil {
 		a.Outcome, a.Class = outcome.Succeeded, providers.Success.String()
-		a.HTTPStatus, a.ProviderCode, a.ProviderMessage = res.StatusCode, res.Code, res.Message
+		a.HTTPStatus, a.ProviderCode, a.ProviderMessage = res.StatusCode, res.Code, redact.Emails(res.Message)
 		h.writeResult(ctx, t, Result{Provider: a.Provider, OrderID: orderID, Reference: ref, Attempt: a.Attempt,
-			HTTPStatus: res.StatusCode, ProviderCode: res.Code, ProviderMessage: res.Message, CompletedAt: h.now()})
+			HTTPStatus: res.StatusCode, ProviderCode: res.Code, ProviderMessage: a.ProviderMessage, CompletedAt: h.now()})
 		h.finish(ctx, start, &a, nil, latency)
 		return nil
 	}

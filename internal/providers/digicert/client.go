@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/certmail/certmail/internal/providers"
+	"github.com/certmail/certmail/internal/redact"
 )
 
 // Base URLs of the two CertCentral instances. An API key belongs to one of
@@ -212,30 +213,33 @@ func defaultTransport() *http.Transport {
 }
 
 func parseBaseURL(raw string) (*url.URL, error) {
+	// Messages show the URL without its user info and never quote a
+	// url.Parse error: those repeat the whole URL, password included.
+	shown := redact.URL(raw)
 	u, err := url.Parse(raw)
 	if err != nil {
-		return nil, fmt.Errorf("digicert: invalid base URL: %w", err)
+		return nil, fmt.Errorf("digicert: invalid base URL %q: %s", shown, redact.URLParseError(err))
 	}
 	if u.User != nil {
 		return nil, errors.New("digicert: base URL must not contain user info")
 	}
 	if !u.IsAbs() || u.Host == "" || u.Opaque != "" {
-		return nil, fmt.Errorf("digicert: base URL %q is not an absolute URL", raw)
+		return nil, fmt.Errorf("digicert: base URL %q is not an absolute URL", shown)
 	}
 	switch u.Scheme {
 	case "https":
 	case "http":
 		if !isLoopback(u.Hostname()) {
-			return nil, fmt.Errorf("digicert: base URL %q: http is allowed only for loopback hosts", raw)
+			return nil, fmt.Errorf("digicert: base URL %q: http is allowed only for loopback hosts", shown)
 		}
 	default:
-		return nil, fmt.Errorf("digicert: base URL %q: scheme must be https", raw)
+		return nil, fmt.Errorf("digicert: base URL %q: scheme must be https", shown)
 	}
 	if u.RawQuery != "" || u.ForceQuery || u.Fragment != "" {
-		return nil, fmt.Errorf("digicert: base URL %q must not have a query or fragment", raw)
+		return nil, fmt.Errorf("digicert: base URL %q must not have a query or fragment", shown)
 	}
 	if !strings.HasSuffix(u.Path, "/") {
-		return nil, fmt.Errorf("digicert: base URL %q must end with a slash", raw)
+		return nil, fmt.Errorf("digicert: base URL %q must end with a slash", shown)
 	}
 	return u, nil
 }

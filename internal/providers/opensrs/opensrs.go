@@ -19,6 +19,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/certmail/certmail/internal/providers"
+	"github.com/certmail/certmail/internal/redact"
 )
 
 // Endpoints (opensrs.md §1). Horizon is the test environment; it uses a
@@ -96,28 +97,31 @@ func WithBaseURL(raw string) Option {
 }
 
 func parseBaseURL(raw string) (*url.URL, error) {
+	// Messages show the URL without its user info and never quote a
+	// url.Parse error: those repeat the whole URL, password included.
+	shown := redact.URL(raw)
 	u, err := url.Parse(raw)
 	if err != nil {
-		return nil, fmt.Errorf("opensrs: invalid base URL: %w", err)
+		return nil, fmt.Errorf("opensrs: invalid base URL %q: %s", shown, redact.URLParseError(err))
 	}
 	switch {
 	case !u.IsAbs() || u.Host == "" || u.Hostname() == "":
-		return nil, fmt.Errorf("opensrs: base URL %q is not absolute", u.Redacted())
+		return nil, fmt.Errorf("opensrs: base URL %q is not absolute", shown)
 	case u.User != nil:
-		return nil, fmt.Errorf("opensrs: base URL %q must not contain credentials", u.Redacted())
+		return nil, fmt.Errorf("opensrs: base URL %q must not contain credentials", shown)
 	case u.RawQuery != "" || u.Fragment != "":
-		return nil, fmt.Errorf("opensrs: base URL %q must not have a query or fragment", u.Redacted())
+		return nil, fmt.Errorf("opensrs: base URL %q must not have a query or fragment", shown)
 	case !strings.HasSuffix(u.Path, "/"):
-		return nil, fmt.Errorf("opensrs: base URL %q must end in \"/\"", u.Redacted())
+		return nil, fmt.Errorf("opensrs: base URL %q must end in \"/\"", shown)
 	}
 	switch u.Scheme {
 	case "https":
 	case "http":
 		if !isLoopback(u.Hostname()) {
-			return nil, fmt.Errorf("opensrs: base URL %q must use https (http only for loopback hosts)", u.Redacted())
+			return nil, fmt.Errorf("opensrs: base URL %q must use https (http only for loopback hosts)", shown)
 		}
 	default:
-		return nil, fmt.Errorf("opensrs: base URL %q must use https", u.Redacted())
+		return nil, fmt.Errorf("opensrs: base URL %q must use https", shown)
 	}
 	return u, nil
 }
