@@ -7,6 +7,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/google/uuid"
@@ -42,22 +44,46 @@ func DefaultOptions() Options {
 }
 
 // Validate checks the options, naming the flag-level field at fault.
+// Durations must be what asynq and Redis store exactly, so that the task
+// does what was asked: asynq keeps Timeout and Retention in whole seconds
+// and schedules a delayed task at a whole unix second; the dedup mark's TTL
+// is in milliseconds.
 func (o Options) Validate() error {
 	switch {
 	case o.MaxRetry < 0:
 		return fieldErr("max-retry", "must be 0 or more")
 	case o.Timeout < time.Second:
 		return fieldErr("timeout", "must be at least 1s (asynq stores whole seconds)")
+	case o.Timeout%time.Second != 0:
+		return fieldErr("timeout", "must be whole seconds (asynq stores whole seconds), got %v", o.Timeout)
 	case o.Delay < 0:
 		return fieldErr("delay", "must not be negative")
+	case o.Delay%time.Second != 0:
+		return fieldErr("delay", "must be whole seconds (asynq schedules at whole seconds), got %v", o.Delay)
 	case o.DedupWindow < 0:
 		return fieldErr("dedup-window", "must not be negative")
 	case o.DedupWindow > 0 && o.DedupWindow < time.Second:
 		return fieldErr("dedup-window", "must be 0 (off) or at least 1s")
+	case o.DedupWindow%time.Millisecond != 0:
+		return fieldErr("dedup-window", "must be whole milliseconds (Redis stores the mark's TTL in ms), got %v", o.DedupWindow)
 	case o.Retention < 0:
 		return fieldErr("retention", "must not be negative")
+	case o.Retention%time.Second != 0:
+		return fieldErr("retention", "must be whole seconds (asynq stores whole seconds), got %v", o.Retention)
+	case o.DedupWindow > 0 && o.retention() < o.DedupWindow:
+		// Else a completed task could vanish while its mark still names
+		// it, and the next identical request would resend.
+		return fieldErr("retention", "must be at least --dedup-window (%v), got %v", o.DedupWindow, o.Retention)
 	}
 	return nil
+}
+
+// retention is the effective retention: 0 means the default.
+func (o Options) retention() time.Duration {
+	if o.Retention == 0 {
+		return outcome.DefaultRetention
+	}
+	return o.Retention
 }
 
 // Enqueued is the answer to one enqueue request.
@@ -73,11 +99,13 @@ type Enqueued struct {
 type Enqueuer struct {
 	client *asynq.Client
 	rdb    redis.UniversalClient
+	grace  time.Duration    // DedupGrace; tests shorten it
+	now    func() time.Time // tests move it
 }
 
 // NewEnqueuer returns an Enqueuer sharing one go-redis client with asynq.
 func NewEnqueuer(rdb redis.UniversalClient) *Enqueuer {
-	return &Enqueuer{client: asynq.NewClientFromRedisClient(rdb), rdb: rdb}
+	return &Enqueuer{client: asynq.NewClientFromRedisClient(rdb), rdb: rdb, grace: DedupGrace, now: time.Now}
 }
 
 // NewTask validates p and builds its asynq task with opts applied.
@@ -96,15 +124,11 @@ func NewTask(p Payload, o Options, id string) (*asynq.Task, error) {
 }
 
 func taskOptions(p Payload, o Options, id string) []asynq.Option {
-	retention := o.Retention
-	if retention == 0 {
-		retention = outcome.DefaultRetention
-	}
 	opts := []asynq.Option{
 		asynq.Queue(string(p.Provider())),
 		asynq.MaxRetry(o.MaxRetry),
 		asynq.Timeout(o.Timeout),
-		asynq.Retention(retention),
+		asynq.Retention(o.retention()),
 	}
 	if id != "" {
 		opts = append(opts, asynq.TaskID(id))
@@ -124,52 +148,254 @@ func dedupHash(taskType string, payload []byte) string {
 	return hex.EncodeToString(h.Sum(nil))
 }
 
+// Dedup timing. enqueueCallLimit bounds one request from setting its mark
+// to its last write to Redis; DedupGrace is how long a mark naming a task
+// that does not exist is still trusted to belong to a request in flight.
+// The gap between them (50 s) is for commands already written when the
+// limit struck: Redis runs what it has read in order, so only a stalled
+// server or a network that holds bytes that long can land one later.
+const (
+	enqueueCallLimit = 10 * time.Second
+	DedupGrace       = time.Minute
+	checkTimeout     = 5 * time.Second
+)
+
+// ErrDedupBusy is returned when a dedup mark changed under every attempt to
+// read or take it over (many identical requests at once): retry.
+var ErrDedupBusy = errors.New("dedup mark kept changing; retry")
+
+// UncertainError says that a task may or may not exist: Redis failed in a
+// way that hides whether the enqueue ran, or an identical request holds the
+// dedup mark and may still be enqueueing. ID is the task to look for
+// (`enqueue status ID`); retrying the same request is safe, it never makes
+// a second task.
+type UncertainError struct {
+	ID  string
+	Err error // the cause, nil when another request holds the mark
+}
+
+func (e *UncertainError) Error() string {
+	if e.Err == nil {
+		return fmt.Sprintf("may have been enqueued as %s (an identical request is in flight)", e.ID)
+	}
+	return fmt.Sprintf("may have been enqueued as %s: %v", e.ID, e.Err)
+}
+
+func (e *UncertainError) Unwrap() error { return e.Err }
+
+// A dedup mark's value is "<task id> <unix ms when set>"; marks written
+// before the time was stored hold the ID alone.
+func markValue(id string, at time.Time) string {
+	return id + " " + strconv.FormatInt(at.UnixMilli(), 10)
+}
+
+func parseMark(v string) (id string, at time.Time, ok bool) {
+	id, ms, found := strings.Cut(v, " ")
+	if !found {
+		return id, time.Time{}, false
+	}
+	n, err := strconv.ParseInt(ms, 10, 64)
+	if err != nil {
+		return id, time.Time{}, false
+	}
+	return id, time.UnixMilli(n), true
+}
+
+// failedKey notes the ID of a task whose enqueue definitely failed when its
+// mark could not be released (a Redis user without EVAL, a dropped
+// connection): a plain SET, so it works where the release script does not.
+func failedKey(markKey string) string { return markKey + ":failed" }
+
+// taskKey is asynq's hash of one task (internal/base.TaskKey in v0.26.0),
+// present in every state from enqueue until the task is deleted. A plain
+// EXISTS on it is one round trip with a deadline, where Inspector.GetTaskInfo
+// runs a script without one; TestTaskKeyMatchesAsynq pins the format.
+func taskKey(queue, id string) string { return "asynq:{" + queue + "}:t:" + id }
+
 // releaseScript deletes the dedup mark only if it still names our task, so a
 // failed enqueue never removes another request's mark.
 var releaseScript = redis.NewScript(`if redis.call("GET", KEYS[1]) == ARGV[1] then return redis.call("DEL", KEYS[1]) end return 0`)
 
+// takeoverScript replaces a mark only if it still holds the value read, so
+// of several requests taking over one stale mark exactly one wins.
+var takeoverScript = redis.NewScript(`if redis.call("GET", KEYS[1]) == ARGV[1] then redis.call("SET", KEYS[1], ARGV[2], "PX", ARGV[3]) return 1 end return 0`)
+
 // Enqueue validates p and enqueues it unless an identical request was
-// enqueued within the dedup window.
+// enqueued within the dedup window, whose task it then returns with
+// Duplicate set. A returned ID always names a task that exists.
 //
 // Deduplication does not use asynq's Unique or TaskID: both outlive the
 // window (a Unique lock survives archiving, a TaskID conflicts with retained
 // and archived tasks). A project-owned SET NX mark that expires with the
-// window, holding the first task's ID, next to a fresh random task ID,
+// window, holding the first task's fresh random ID and the time it was set,
 // dedupes exactly the window and nothing after it.
+//
+// The mark and asynq's enqueue script are two Redis calls; they cannot be
+// one, since the enqueue script and its message encoding are asynq's own.
+// What keeps the pair honest:
+//   - A mark is trusted only when its task exists. A request finding a mark
+//     whose task does not exist takes it over (compare-and-set) and enqueues
+//     if the first request is known to have failed (a note under failedKey)
+//     or the mark is older than DedupGrace; younger, the first request may
+//     still be enqueueing, and the answer is an *UncertainError, not a
+//     duplicate.
+//   - When the enqueue call fails, Enqueue looks for the task: found means
+//     the enqueue ran and only the reply was lost (success); a refusal by
+//     Redis means it did not run (the mark is released); anything else
+//     keeps the mark and returns an *UncertainError naming the task.
+//
+// The window that remains: a request whose enqueue command reaches Redis
+// more than DedupGrace after its mark was set (a server stalled that long,
+// or a network holding written bytes that long) can land beside the task of
+// a request that took its mark over, giving two tasks. The mark holds the
+// enqueuing host's clock, so hosts must agree on the time to well within
+// DedupGrace. A mark whose task was deleted (dlq delete or replay, or a
+// completed task past its retention, which Options.Validate keeps at least
+// as long as the window) no longer dedupes.
 func (e *Enqueuer) Enqueue(ctx context.Context, p Payload, o Options) (Enqueued, error) {
 	id := uuid.NewString()
 	task, err := NewTask(p, o, id)
 	if err != nil {
 		return Enqueued{}, err
 	}
-	var key string
-	if o.DedupWindow > 0 {
-		key = outcome.DedupKey(dedupHash(task.Type(), task.Payload()))
-		for range 3 { // the mark may expire between SET NX and GET
-			ok, err := e.rdb.SetNX(ctx, key, id, o.DedupWindow).Result()
-			if err != nil {
-				return Enqueued{}, fmt.Errorf("redis: %w", err)
-			}
-			if ok {
-				break
-			}
-			first, err := e.rdb.Get(ctx, key).Result()
-			if errors.Is(err, redis.Nil) {
-				continue
-			}
-			if err != nil {
-				return Enqueued{}, fmt.Errorf("redis: %w", err)
-			}
+	queue := string(p.Provider())
+	if o.DedupWindow == 0 {
+		if _, err := e.client.EnqueueContext(ctx, task); err != nil {
+			return Enqueued{}, fmt.Errorf("enqueue: %w", err)
+		}
+		return Enqueued{ID: id}, nil
+	}
+	key := outcome.DedupKey(dedupHash(task.Type(), task.Payload()))
+	setAt := e.now()
+	mark := markValue(id, setAt)
+	dup, err := e.takeMark(ctx, key, mark, queue, setAt, o.DedupWindow)
+	if err != nil || dup.ID != "" {
+		return dup, err
+	}
+	// The deadline counts from the mark, so that DedupGrace safely exceeds
+	// the whole call.
+	ectx, cancel := context.WithDeadline(ctx, setAt.Add(enqueueCallLimit))
+	defer cancel()
+	if err := ectx.Err(); err != nil { // nothing sent yet: give the mark back
+		_ = releaseScript.Run(context.WithoutCancel(ctx), e.rdb, []string{key}, mark).Err()
+		return Enqueued{}, err
+	}
+	_, err = e.client.EnqueueContext(ectx, task)
+	if err == nil || errors.Is(err, asynq.ErrTaskIDConflict) {
+		// A conflict on a fresh random ID means an earlier try of this
+		// very call (go-redis retries after a lost reply) created it.
+		return Enqueued{ID: id}, nil
+	}
+	bg, cancelBg := context.WithTimeout(context.WithoutCancel(ctx), checkTimeout)
+	defer cancelBg()
+	if refusedByRedis(err) {
+		if rerr := releaseScript.Run(bg, e.rdb, []string{key}, mark).Err(); rerr != nil {
+			_ = e.rdb.Set(bg, failedKey(key), id, o.DedupWindow).Err()
+		}
+		return Enqueued{}, fmt.Errorf("enqueue: not enqueued: %w", err)
+	}
+	n, xerr := e.rdb.Exists(bg, taskKey(queue, id)).Result()
+	if xerr == nil && n == 1 {
+		return Enqueued{ID: id}, nil
+	}
+	return Enqueued{}, &UncertainError{ID: id, Err: err}
+}
+
+// takeMark sets the dedup mark for this request, or returns the existing
+// task an identical request created (dup.ID set).
+func (e *Enqueuer) takeMark(ctx context.Context, key, mark, queue string, setAt time.Time, window time.Duration) (dup Enqueued, err error) {
+	id, _, _ := parseMark(mark)
+	for range 5 { // the mark may expire or change between calls
+		ok, err := e.rdb.SetNX(ctx, key, mark, window).Result()
+		if err != nil {
+			return Enqueued{}, fmt.Errorf("redis: %w", err)
+		}
+		if ok {
+			return Enqueued{}, nil
+		}
+		pipe := e.rdb.Pipeline()
+		getCmd := pipe.Get(ctx, key)
+		failedCmd := pipe.Get(ctx, failedKey(key))
+		ttlCmd := pipe.PTTL(ctx, key)
+		_, _ = pipe.Exec(ctx)
+		cur, err := getCmd.Result()
+		if errors.Is(err, redis.Nil) {
+			continue
+		}
+		if err != nil {
+			return Enqueued{}, fmt.Errorf("redis: %w", err)
+		}
+		first, firstAt, stamped := parseMark(cur)
+		if first == id {
+			// Our own SET NX ran but its reply was lost and go-redis
+			// retried it.
+			return Enqueued{}, nil
+		}
+		n, err := e.rdb.Exists(ctx, taskKey(queue, first)).Result()
+		if err != nil {
+			return Enqueued{}, fmt.Errorf("redis: %w", err)
+		}
+		if n == 1 {
 			return Enqueued{ID: first, Duplicate: true}, nil
 		}
-	}
-	if _, err := e.client.EnqueueContext(ctx, task); err != nil {
-		if key != "" {
-			_ = releaseScript.Run(context.WithoutCancel(ctx), e.rdb, []string{key}, id).Err()
+		failed, ferr := failedCmd.Result()
+		if ferr != nil && !errors.Is(ferr, redis.Nil) {
+			return Enqueued{}, fmt.Errorf("redis: %w", ferr)
 		}
-		return Enqueued{}, fmt.Errorf("enqueue: %w", err)
+		if failed != first {
+			if !stamped {
+				// A mark from before set times were stored: its age is
+				// the window minus what is left, assuming the same window.
+				ttl, err := ttlCmd.Result()
+				if err != nil {
+					return Enqueued{}, fmt.Errorf("redis: %w", err)
+				}
+				firstAt = setAt.Add(ttl - window)
+			}
+			if setAt.Sub(firstAt) < e.grace {
+				return Enqueued{}, &UncertainError{ID: first}
+			}
+		}
+		ok, err = takeoverScript.Run(ctx, e.rdb, []string{key}, cur, mark, window.Milliseconds()).Bool()
+		if err != nil {
+			return Enqueued{}, fmt.Errorf("redis: %w", err)
+		}
+		if ok {
+			return Enqueued{}, nil
+		}
 	}
-	return Enqueued{ID: id}, nil
+	return Enqueued{}, ErrDedupBusy
+}
+
+// refusedByRedis reports whether err is Redis refusing the enqueue with an
+// error reply that go-redis does not retry, so the command did not run and
+// no earlier try of it did. asynq flattens script errors to text ("redis
+// eval error: NOPERM …"), hence the look at the message.
+func refusedByRedis(err error) bool {
+	var re redis.Error
+	if errors.As(err, &re) {
+		return refusalCode(re.Error())
+	}
+	msg := err.Error()
+	const evalPrefix = "redis eval error: "
+	i := strings.Index(msg, evalPrefix)
+	if i < 0 {
+		return false
+	}
+	return refusalCode(msg[i+len(evalPrefix):])
+}
+
+func refusalCode(reply string) bool {
+	code, _, _ := strings.Cut(reply, " ")
+	switch code {
+	case "NOPERM", "NOAUTH", "WRONGPASS", "NOSCRIPT", "OOM", "MISCONF", "WRONGTYPE", "CROSSSLOT", "EXECABORT":
+		return true
+	case "ERR":
+		// "ERR max number of clients reached" is retried by go-redis: an
+		// earlier try may have run.
+		return !strings.Contains(reply, "max number of clients")
+	}
+	return false
 }
 
 // EnqueueRaw enqueues an already-encoded task of a known type with a fresh
