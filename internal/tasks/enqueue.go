@@ -120,6 +120,9 @@ func NewTask(p Payload, o Options, id string) (*asynq.Task, error) {
 	if err != nil {
 		return nil, err
 	}
+	if err := validatePayloadSize(b); err != nil {
+		return nil, err
+	}
 	return asynq.NewTask(p.Type(), b, taskOptions(p, o, id)...), nil
 }
 
@@ -236,9 +239,10 @@ var takeoverScript = redis.NewScript(`if redis.call("GET", KEYS[1]) == ARGV[1] t
 //   - A mark is trusted only when its task exists. A request finding a mark
 //     whose task does not exist takes it over (compare-and-set) and enqueues
 //     if the first request is known to have failed (a note under failedKey)
-//     or the mark is older than DedupGrace; younger, the first request may
-//     still be enqueueing, and the answer is an *UncertainError, not a
-//     duplicate.
+//     or the mark is older than DedupGrace. Younger, the first request may
+//     still be enqueueing: within its call limit Enqueue waits for its task
+//     to appear (then it is a duplicate); after it, the answer is an
+//     *UncertainError, never a duplicate.
 //   - When the enqueue call fails, Enqueue looks for the task: found means
 //     the enqueue ran and only the reply was lost (success); a refusal by
 //     Redis means it did not run (the mark is released); anything else
@@ -266,9 +270,7 @@ func (e *Enqueuer) Enqueue(ctx context.Context, p Payload, o Options) (Enqueued,
 		return Enqueued{ID: id}, nil
 	}
 	key := outcome.DedupKey(dedupHash(task.Type(), task.Payload()))
-	setAt := e.now()
-	mark := markValue(id, setAt)
-	dup, err := e.takeMark(ctx, key, mark, queue, setAt, o.DedupWindow)
+	mark, setAt, dup, err := e.takeMark(ctx, key, id, queue, o.DedupWindow)
 	if err != nil || dup.ID != "" {
 		return dup, err
 	}
@@ -301,17 +303,27 @@ func (e *Enqueuer) Enqueue(ctx context.Context, p Payload, o Options) (Enqueued,
 	return Enqueued{}, &UncertainError{ID: id, Err: err}
 }
 
-// takeMark sets the dedup mark for this request, or returns the existing
-// task an identical request created (dup.ID set).
-func (e *Enqueuer) takeMark(ctx context.Context, key, mark, queue string, setAt time.Time, window time.Duration) (dup Enqueued, err error) {
-	id, _, _ := parseMark(mark)
-	for range 5 { // the mark may expire or change between calls
+// takeMark sets the dedup mark for task id and returns its value and the
+// time it holds, or returns the existing task an identical request created
+// (dup.ID set).
+//
+// A mark whose task does not exist yet, set less than enqueueCallLimit ago,
+// is most often an identical request enqueueing right now (a batch with a
+// line twice): takeMark polls until its task appears, its mark goes, or its
+// call limit passes, rather than answer "unknown" for a few milliseconds'
+// gap.
+func (e *Enqueuer) takeMark(ctx context.Context, key, id, queue string, window time.Duration) (mark string, setAt time.Time, dup Enqueued, err error) {
+	fail := func(err error) (string, time.Time, Enqueued, error) { return "", time.Time{}, Enqueued{}, err }
+	poll := 5 * time.Millisecond
+	for busy := 0; busy < 5; {
+		setAt = e.now()
+		mark = markValue(id, setAt)
 		ok, err := e.rdb.SetNX(ctx, key, mark, window).Result()
 		if err != nil {
-			return Enqueued{}, fmt.Errorf("redis: %w", err)
+			return fail(fmt.Errorf("redis: %w", err))
 		}
 		if ok {
-			return Enqueued{}, nil
+			return mark, setAt, Enqueued{}, nil
 		}
 		pipe := e.rdb.Pipeline()
 		getCmd := pipe.Get(ctx, key)
@@ -319,28 +331,29 @@ func (e *Enqueuer) takeMark(ctx context.Context, key, mark, queue string, setAt 
 		ttlCmd := pipe.PTTL(ctx, key)
 		_, _ = pipe.Exec(ctx)
 		cur, err := getCmd.Result()
-		if errors.Is(err, redis.Nil) {
+		if errors.Is(err, redis.Nil) { // expired or released meanwhile
+			busy++
 			continue
 		}
 		if err != nil {
-			return Enqueued{}, fmt.Errorf("redis: %w", err)
+			return fail(fmt.Errorf("redis: %w", err))
 		}
 		first, firstAt, stamped := parseMark(cur)
 		if first == id {
 			// Our own SET NX ran but its reply was lost and go-redis
 			// retried it.
-			return Enqueued{}, nil
+			return cur, firstAt, Enqueued{}, nil
 		}
 		n, err := e.rdb.Exists(ctx, taskKey(queue, first)).Result()
 		if err != nil {
-			return Enqueued{}, fmt.Errorf("redis: %w", err)
+			return fail(fmt.Errorf("redis: %w", err))
 		}
 		if n == 1 {
-			return Enqueued{ID: first, Duplicate: true}, nil
+			return "", time.Time{}, Enqueued{ID: first, Duplicate: true}, nil
 		}
 		failed, ferr := failedCmd.Result()
 		if ferr != nil && !errors.Is(ferr, redis.Nil) {
-			return Enqueued{}, fmt.Errorf("redis: %w", ferr)
+			return fail(fmt.Errorf("redis: %w", ferr))
 		}
 		if failed != first {
 			if !stamped {
@@ -348,23 +361,34 @@ func (e *Enqueuer) takeMark(ctx context.Context, key, mark, queue string, setAt 
 				// the window minus what is left, assuming the same window.
 				ttl, err := ttlCmd.Result()
 				if err != nil {
-					return Enqueued{}, fmt.Errorf("redis: %w", err)
+					return fail(fmt.Errorf("redis: %w", err))
 				}
-				firstAt = setAt.Add(ttl - window)
+				firstAt = e.now().Add(ttl - window)
 			}
-			if setAt.Sub(firstAt) < e.grace {
-				return Enqueued{}, &UncertainError{ID: first}
+			age := e.now().Sub(firstAt)
+			if age < enqueueCallLimit {
+				select {
+				case <-ctx.Done():
+					return fail(&UncertainError{ID: first, Err: ctx.Err()})
+				case <-time.After(poll):
+				}
+				poll = min(2*poll, 200*time.Millisecond)
+				continue
+			}
+			if age < e.grace {
+				return fail(&UncertainError{ID: first})
 			}
 		}
 		ok, err = takeoverScript.Run(ctx, e.rdb, []string{key}, cur, mark, window.Milliseconds()).Bool()
 		if err != nil {
-			return Enqueued{}, fmt.Errorf("redis: %w", err)
+			return fail(fmt.Errorf("redis: %w", err))
 		}
 		if ok {
-			return Enqueued{}, nil
+			return mark, setAt, Enqueued{}, nil
 		}
+		busy++
 	}
-	return Enqueued{}, ErrDedupBusy
+	return fail(ErrDedupBusy)
 }
 
 // refusedByRedis reports whether err is Redis refusing the enqueue with an

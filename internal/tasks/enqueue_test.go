@@ -398,16 +398,15 @@ func TestEnqueueMarkWithoutTask(t *testing.T) {
 		mark       func(now time.Time) string
 		ttl        time.Duration // of the planted mark; the window otherwise
 		failedNote bool          // the first request noted its definite failure
-		age        time.Duration // how long before the retry the mark was set
 		wantNew    bool          // the retry enqueues; else it is uncertain
 	}{
-		{name: "young mark: the first request may still be enqueueing", age: 5 * time.Second,
-			mark: func(now time.Time) string { return markValue(orphan, now.Add(-5*time.Second)) }},
+		{name: "young mark: the first request may still be enqueueing",
+			mark: func(now time.Time) string { return markValue(orphan, now.Add(-20*time.Second)) }},
 		{name: "mark older than the grace is taken over", wantNew: true,
 			mark: func(now time.Time) string { return markValue(orphan, now.Add(-DedupGrace-time.Second)) }},
 		{name: "young mark of a request known to have failed is taken over", failedNote: true, wantNew: true,
 			mark: func(now time.Time) string { return markValue(orphan, now.Add(-time.Second)) }},
-		{name: "old plain-ID mark, young by its TTL", ttl: 10*time.Minute - 5*time.Second,
+		{name: "old plain-ID mark, young by its TTL", ttl: 10*time.Minute - 20*time.Second,
 			mark: func(time.Time) string { return orphan }},
 		{name: "old plain-ID mark, older than the grace by its TTL", ttl: 10*time.Minute - 2*DedupGrace, wantNew: true,
 			mark: func(time.Time) string { return orphan }},
@@ -649,4 +648,50 @@ func noScriptUser(t *testing.T, admin *redis.Client, url string) string {
 	require.NoError(t, err)
 	u.User = neturl.UserPassword(name, "pw")
 	return u.String()
+}
+
+// TestEnqueueWaitsForInFlightTwin: an identical request whose mark is set
+// but whose task is not there yet is waited for, briefly.
+func TestEnqueueWaitsForInFlightTwin(t *testing.T) {
+	t.Parallel()
+
+	const twin = "00000000-0000-4000-8000-000000000002"
+	tests := []struct {
+		name    string
+		markAge time.Duration
+		appears bool
+	}{
+		{"its task appears: duplicate", 0, true},
+		{"its call limit passes without a task: unknown", enqueueCallLimit - 300*time.Millisecond, false},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			redistest.Each(t, func(t *testing.T, b redistest.Backend) {
+				eb := setupEnqueue(t, b)
+				p := NewOpenSRSPayload("61", "twin", false)
+				opts := testOptions(10 * time.Minute)
+				require.NoError(t, eb.rdb.Set(t.Context(), markKey(t, p), markValue(twin, time.Now().Add(-tc.markAge)), time.Minute).Err())
+				if tc.appears {
+					go func() {
+						time.Sleep(200 * time.Millisecond)
+						task, err := NewTask(p, opts, twin)
+						if err == nil {
+							_, _ = asynq.NewClientFromRedisClient(eb.rdb).Enqueue(task)
+						}
+					}()
+				}
+				got, err := eb.enq.Enqueue(t.Context(), p, opts)
+				if tc.appears {
+					require.NoError(t, err)
+					require.Equal(t, Enqueued{ID: twin, Duplicate: true}, got)
+					return
+				}
+				var ue *UncertainError
+				require.ErrorAs(t, err, &ue)
+				require.Equal(t, twin, ue.ID)
+				require.Empty(t, eb.taskIDs(t, QueueOpenSRS))
+			})
+		})
+	}
 }
