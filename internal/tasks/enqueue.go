@@ -294,7 +294,7 @@ func (e *Enqueuer) Enqueue(ctx context.Context, p Payload, o Options) (Enqueued,
 		if rerr := releaseScript.Run(bg, e.rdb, []string{key}, mark).Err(); rerr != nil {
 			_ = e.rdb.Set(bg, failedKey(key), id, o.DedupWindow).Err()
 		}
-		return Enqueued{}, fmt.Errorf("enqueue: not enqueued: %w", err)
+		return Enqueued{}, fmt.Errorf("not enqueued, Redis refused: %w", err)
 	}
 	n, xerr := e.rdb.Exists(bg, taskKey(queue, id)).Result()
 	if xerr == nil && n == 1 {
