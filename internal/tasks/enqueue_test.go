@@ -266,6 +266,16 @@ func TestOptionsValidate(t *testing.T) {
 		{"dedup window off", func(o *Options) { o.DedupWindow = 0 }, ""},
 		{"retention negative", func(o *Options) { o.Retention = -time.Hour }, "retention"},
 		{"retention zero means default", func(o *Options) { o.Retention = 0 }, ""},
+		{"timeout 1500ms is not stored exactly", func(o *Options) { o.Timeout = 1500 * time.Millisecond }, "timeout"},
+		{"timeout 90s", func(o *Options) { o.Timeout = 90 * time.Second }, ""},
+		{"delay 2.5s is not stored exactly", func(o *Options) { o.Delay = 2500 * time.Millisecond }, "delay"},
+		{"delay 1ns", func(o *Options) { o.Delay = 1 }, "delay"},
+		{"retention with a fraction of a second", func(o *Options) { o.Retention = time.Hour + time.Millisecond }, "retention"},
+		{"dedup window with microseconds", func(o *Options) { o.DedupWindow = time.Second + time.Microsecond }, "dedup-window"},
+		{"dedup window 1.5s", func(o *Options) { o.DedupWindow = 1500 * time.Millisecond }, ""},
+		{"retention shorter than the dedup window", func(o *Options) { o.Retention = 5 * time.Minute }, "retention"},
+		{"retention equal to the dedup window", func(o *Options) { o.Retention = o.DedupWindow }, ""},
+		{"short retention without dedup", func(o *Options) { o.Retention, o.DedupWindow = time.Second, 0 }, ""},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
