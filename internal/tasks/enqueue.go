@@ -99,13 +99,14 @@ type Enqueued struct {
 type Enqueuer struct {
 	client *asynq.Client
 	rdb    redis.UniversalClient
-	grace  time.Duration    // DedupGrace; tests shorten it
+	store  *outcome.Store   // attempt histories: proof that a task existed
+	grace  time.Duration    // DedupGrace
 	now    func() time.Time // tests move it
 }
 
 // NewEnqueuer returns an Enqueuer sharing one go-redis client with asynq.
 func NewEnqueuer(rdb redis.UniversalClient) *Enqueuer {
-	return &Enqueuer{client: asynq.NewClientFromRedisClient(rdb), rdb: rdb, grace: DedupGrace, now: time.Now}
+	return &Enqueuer{client: asynq.NewClientFromRedisClient(rdb), rdb: rdb, store: outcome.NewStore(rdb, 0), grace: DedupGrace, now: time.Now}
 }
 
 // NewTask validates p and builds its asynq task with opts applied.
@@ -253,9 +254,11 @@ var takeoverScript = redis.NewScript(`if redis.call("GET", KEYS[1]) == ARGV[1] t
 // or a network holding written bytes that long) can land beside the task of
 // a request that took its mark over, giving two tasks. The mark holds the
 // enqueuing host's clock, so hosts must agree on the time to well within
-// DedupGrace. A mark whose task was deleted (dlq delete or replay, or a
-// completed task past its retention, which Options.Validate keeps at least
-// as long as the window) no longer dedupes.
+// DedupGrace. A mark whose task ran and was deleted since (dlq delete, the
+// dashboard, asynq's archive cap) is free at once, since nothing of it can
+// still land; dlq replay moves the mark to the replayed task (EnqueueRaw).
+// A completed task outlives its mark: Options.Validate keeps the retention
+// at least as long as the window.
 func (e *Enqueuer) Enqueue(ctx context.Context, p Payload, o Options) (Enqueued, error) {
 	id := uuid.NewString()
 	task, err := NewTask(p, o, id)
@@ -264,8 +267,8 @@ func (e *Enqueuer) Enqueue(ctx context.Context, p Payload, o Options) (Enqueued,
 	}
 	queue := string(p.Provider())
 	if o.DedupWindow == 0 {
-		if _, err := e.client.EnqueueContext(ctx, task); err != nil {
-			return Enqueued{}, fmt.Errorf("enqueue: %w", err)
+		if err := e.enqueue(ctx, task, queue, id); err != nil {
+			return Enqueued{}, err
 		}
 		return Enqueued{ID: id}, nil
 	}
@@ -282,25 +285,47 @@ func (e *Enqueuer) Enqueue(ctx context.Context, p Payload, o Options) (Enqueued,
 		_ = releaseScript.Run(context.WithoutCancel(ctx), e.rdb, []string{key}, mark).Err()
 		return Enqueued{}, err
 	}
-	_, err = e.client.EnqueueContext(ectx, task)
-	if err == nil || errors.Is(err, asynq.ErrTaskIDConflict) {
-		// A conflict on a fresh random ID means an earlier try of this
-		// very call (go-redis retries after a lost reply) created it.
-		return Enqueued{ID: id}, nil
-	}
-	bg, cancelBg := context.WithTimeout(context.WithoutCancel(ctx), checkTimeout)
-	defer cancelBg()
-	if refusedByRedis(err) {
+	err = e.enqueue(ectx, task, queue, id)
+	var refused *refusedError
+	if errors.As(err, &refused) {
+		bg, cancelBg := context.WithTimeout(context.WithoutCancel(ctx), checkTimeout)
+		defer cancelBg()
 		if rerr := releaseScript.Run(bg, e.rdb, []string{key}, mark).Err(); rerr != nil {
 			_ = e.rdb.Set(bg, failedKey(key), id, o.DedupWindow).Err()
 		}
-		return Enqueued{}, fmt.Errorf("not enqueued, Redis refused: %w", err)
 	}
-	n, xerr := e.rdb.Exists(bg, taskKey(queue, id)).Result()
-	if xerr == nil && n == 1 {
-		return Enqueued{ID: id}, nil
+	if err != nil {
+		return Enqueued{}, err
 	}
-	return Enqueued{}, &UncertainError{ID: id, Err: err}
+	return Enqueued{ID: id}, nil
+}
+
+// refusedError is Redis refusing an enqueue: nothing was enqueued.
+type refusedError struct{ err error }
+
+func (e *refusedError) Error() string { return "not enqueued, Redis refused: " + e.err.Error() }
+func (e *refusedError) Unwrap() error { return e.err }
+
+// enqueue runs asynq's enqueue of task id and settles what happened: nil
+// when the task exists, a *refusedError when it certainly does not, an
+// *UncertainError when that cannot be told.
+func (e *Enqueuer) enqueue(ctx context.Context, task *asynq.Task, queue, id string) error {
+	_, err := e.client.EnqueueContext(ctx, task)
+	if err == nil || errors.Is(err, asynq.ErrTaskIDConflict) {
+		// A conflict on a fresh random ID means an earlier try of this
+		// very call (go-redis retries after a lost reply) created it.
+		return nil
+	}
+	if refusedByRedis(err) {
+		return &refusedError{err}
+	}
+	// The reply may have been lost after the script ran.
+	bg, cancel := context.WithTimeout(context.WithoutCancel(ctx), checkTimeout)
+	defer cancel()
+	if n, xerr := e.rdb.Exists(bg, taskKey(queue, id)).Result(); xerr == nil && n == 1 {
+		return nil
+	}
+	return &UncertainError{ID: id, Err: err}
 }
 
 // takeMark sets the dedup mark for task id and returns its value and the
@@ -355,7 +380,14 @@ func (e *Enqueuer) takeMark(ctx context.Context, key, id, queue string, window t
 		if ferr != nil && !errors.Is(ferr, redis.Nil) {
 			return fail(fmt.Errorf("redis: %w", ferr))
 		}
-		if failed != first {
+		gone, err := e.existed(ctx, first)
+		if err != nil {
+			return fail(err)
+		}
+		// A task that ran and was deleted since (dlq delete, the
+		// dashboard, asynq's archive cap) has no enqueue left in flight:
+		// its mark is free at once. Otherwise wait out the first request.
+		if failed != first && !gone {
 			if !stamped {
 				// A mark from before set times were stored: its age is
 				// the window minus what is left, assuming the same window.
@@ -391,6 +423,42 @@ func (e *Enqueuer) takeMark(ctx context.Context, key, id, queue string, window t
 	return fail(ErrDedupBusy)
 }
 
+// existed reports whether task id has an attempt history, so was enqueued
+// at some point.
+func (e *Enqueuer) existed(ctx context.Context, id string) (bool, error) {
+	as, err := e.store.Attempts(ctx, id)
+	if err != nil {
+		return false, err
+	}
+	return len(as) > 0, nil
+}
+
+// repointScript moves a mark to a replayed task, keeping its expiry.
+var repointScript = redis.NewScript(`if redis.call("GET", KEYS[1]) == ARGV[1] then redis.call("SET", KEYS[1], ARGV[2], "KEEPTTL") return 1 end return 0`)
+
+// repoint hands the dedup mark of (taskType, payload) to task id when the
+// task it names is gone after having run: the dead task that id replays.
+// An identical request inside the window is then a duplicate of the replay,
+// not of a deleted task. Best effort: the replay stands either way.
+func (e *Enqueuer) repoint(ctx context.Context, taskType string, payload []byte, queue, id string) {
+	key := outcome.DedupKey(dedupHash(taskType, payload))
+	cur, err := e.rdb.Get(ctx, key).Result()
+	if err != nil {
+		return
+	}
+	first, _, _ := parseMark(cur)
+	if first == id {
+		return
+	}
+	if n, err := e.rdb.Exists(ctx, taskKey(queue, first)).Result(); err != nil || n == 1 {
+		return
+	}
+	if gone, err := e.existed(ctx, first); err != nil || !gone {
+		return
+	}
+	_ = repointScript.Run(ctx, e.rdb, []string{key}, cur, markValue(id, e.now())).Err()
+}
+
 // refusedByRedis reports whether err is Redis refusing the enqueue with an
 // error reply that go-redis does not retry, so the command did not run and
 // no earlier try of it did. asynq flattens script errors to text ("redis
@@ -424,7 +492,9 @@ func refusalCode(reply string) bool {
 
 // EnqueueRaw enqueues an already-encoded task of a known type with a fresh
 // ID and budget, bypassing deduplication: it is how dead letters are
-// replayed, and the payload is validated again by the handler.
+// replayed, and the payload is validated again by the handler. When the
+// request's dedup mark names a task that ran and is gone (the dead task
+// being replayed, deleted first), the mark moves to the new task.
 func (e *Enqueuer) EnqueueRaw(ctx context.Context, taskType string, payload []byte, o Options) (string, error) {
 	p, err := Decode(taskType, payload)
 	if err != nil {
@@ -436,9 +506,10 @@ func (e *Enqueuer) EnqueueRaw(ctx context.Context, taskType string, payload []by
 	id := uuid.NewString()
 	// Keep the exact bytes: they are what upstream sent.
 	task := asynq.NewTask(taskType, payload, taskOptions(p, o, id)...)
-	if _, err := e.client.EnqueueContext(ctx, task); err != nil {
-		return "", fmt.Errorf("enqueue: %w", err)
+	if err := e.enqueue(ctx, task, string(p.Provider()), id); err != nil {
+		return "", err
 	}
+	e.repoint(context.WithoutCancel(ctx), taskType, payload, string(p.Provider()), id)
 	return id, nil
 }
 

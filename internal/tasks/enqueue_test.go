@@ -705,3 +705,60 @@ func TestEnqueueWaitsForInFlightTwin(t *testing.T) {
 		})
 	}
 }
+
+// TestEnqueueMarkOfDeletedTask: a task that ran and was deleted inside the
+// window leaves nothing in flight, so its mark is free at once; a replay
+// (EnqueueRaw) takes the mark over, so the request dedupes to the replay.
+func TestEnqueueMarkOfDeletedTask(t *testing.T) {
+	t.Parallel()
+	redistest.Each(t, func(t *testing.T, b redistest.Backend) {
+		eb := setupEnqueue(t, b)
+		store := outcome.NewStore(eb.rdb, time.Hour)
+		opts := testOptions(10 * time.Minute)
+		ran := func(id string) {
+			require.NoError(t, store.Record(t.Context(), outcome.Attempt{TaskID: id, Attempt: 1, Outcome: outcome.Dead, At: time.Now()}, nil))
+		}
+
+		// Deleted: the next identical request is a new task, without waiting.
+		p := NewOpenSRSPayload("71", "deleted", false)
+		first, err := eb.enq.Enqueue(t.Context(), p, opts)
+		require.NoError(t, err)
+		ran(first.ID)
+		require.NoError(t, eb.insp.DeleteTask(QueueOpenSRS, first.ID))
+		start := time.Now()
+		second, err := eb.enq.Enqueue(t.Context(), p, opts)
+		require.NoError(t, err)
+		require.False(t, second.Duplicate)
+		require.Less(t, time.Since(start), enqueueCallLimit, "no wait for a task known to have run")
+		eb.requireTask(t, QueueOpenSRS, second.ID)
+
+		// Replayed: the mark follows the replay.
+		q := NewOpenSRSPayload("72", "replayed", false)
+		orig, err := eb.enq.Enqueue(t.Context(), q, opts)
+		require.NoError(t, err)
+		ran(orig.ID)
+		body, err := json.Marshal(q)
+		require.NoError(t, err)
+		require.NoError(t, eb.insp.DeleteTask(QueueOpenSRS, orig.ID))
+		replay, err := eb.enq.EnqueueRaw(t.Context(), q.Type(), body, opts)
+		require.NoError(t, err)
+		again, err := eb.enq.Enqueue(t.Context(), q, opts)
+		require.NoError(t, err)
+		require.Equal(t, Enqueued{ID: replay, Duplicate: true}, again)
+		ttl, err := eb.rdb.TTL(t.Context(), markKey(t, q)).Result()
+		require.NoError(t, err)
+		require.Greater(t, ttl, 9*time.Minute, "the mark keeps its expiry")
+
+		// A replay never takes a mark whose task still exists.
+		r := NewOpenSRSPayload("73", "live", false)
+		live, err := eb.enq.Enqueue(t.Context(), r, opts)
+		require.NoError(t, err)
+		rbody, err := json.Marshal(r)
+		require.NoError(t, err)
+		_, err = eb.enq.EnqueueRaw(t.Context(), r.Type(), rbody, opts)
+		require.NoError(t, err)
+		again, err = eb.enq.Enqueue(t.Context(), r, opts)
+		require.NoError(t, err)
+		require.Equal(t, Enqueued{ID: live.ID, Duplicate: true}, again)
+	})
+}
