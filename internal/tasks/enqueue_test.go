@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	neturl "net/url"
 	"strings"
 	"sync"
@@ -761,4 +762,62 @@ func TestEnqueueMarkOfDeletedTask(t *testing.T) {
 		require.NoError(t, err)
 		require.Equal(t, Enqueued{ID: live.ID, Duplicate: true}, again)
 	})
+}
+
+// TestEnqueueMarkReplyLost: the reply to SET NX is lost and go-redis
+// retries it on a new connection, where the mark (ours) already exists. The
+// request must enqueue, not answer "duplicate" of its own task that was
+// never created.
+func TestEnqueueMarkReplyLost(t *testing.T) {
+	t.Parallel()
+	b := redistest.Real(t)
+	eb := setupEnqueue(t, b)
+	enq, proxy := proxied(t, b, eb)
+	p := NewOpenSRSPayload("81", "setnx", false)
+	opts := testOptions(10 * time.Minute)
+
+	tripped := proxy.Inject(redistest.Fault{Match: redistest.Command("set"), Forward: true})
+	got, err := enq.Enqueue(t.Context(), p, opts)
+	<-tripped
+	require.NoError(t, err)
+	require.False(t, got.Duplicate)
+	eb.requireTask(t, QueueOpenSRS, got.ID)
+
+	again, err := eb.enq.Enqueue(t.Context(), p, opts)
+	require.NoError(t, err)
+	require.Equal(t, Enqueued{ID: got.ID, Duplicate: true}, again)
+}
+
+// replyErr is a Redis error reply as go-redis types it.
+type replyErr string
+
+func (e replyErr) Error() string { return string(e) }
+func (replyErr) RedisError()     {}
+
+var _ redis.Error = replyErr("")
+
+func TestRefusedByRedis(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name string
+		err  error
+		want bool
+	}{
+		{"script refused by ACL", errors.New("UNKNOWN: redis eval error: NOPERM this user has no permissions to run the 'evalsha' command"), true},
+		{"out of memory", errors.New("redis eval error: OOM command not allowed when used memory > 'maxmemory'."), true},
+		{"connection dropped", errors.New("UNKNOWN: redis eval error: EOF"), false},
+		{"connection refused", errors.New("redis eval error: dial tcp 127.0.0.1:1: connect: connection refused"), false},
+		{"deadline", fmt.Errorf("redis eval error: %w", context.DeadlineExceeded), false},
+		{"loading (go-redis retries it)", errors.New("redis eval error: LOADING Redis is loading the dataset in memory"), false},
+		{"max clients (go-redis retries it)", errors.New("redis eval error: ERR max number of clients reached"), false},
+		{"read-only replica (go-redis retries it)", errors.New("redis eval error: READONLY You can't write against a read only replica."), false},
+		{"typed reply error", fmt.Errorf("sadd: %w", replyErr("NOPERM no")), true},
+		{"typed reply error, retried kind", fmt.Errorf("sadd: %w", replyErr("LOADING later")), false},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			require.Equal(t, tc.want, refusedByRedis(tc.err))
+		})
+	}
 }
