@@ -88,6 +88,7 @@ Reads JSON Lines from FILE (or stdin when FILE is - or absent), one task a line:
   {"provider":"digicert","order_id":"12345","domain_approval_emails":[{"domain":"example.com","email":"admin@example.com"}],"locale":"en"}
 Prints one line per input line, in order: the task ID, or "line N: <error>".
 Valid lines are enqueued even when others are bad; exits 1 if any line failed.
+A line longer than 128 KiB is skipped.
 
 Flags:
 `)

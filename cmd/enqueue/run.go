@@ -37,7 +37,8 @@ Commands:
   status    TASK_ID [--json]   state, result and every attempt of a task
 
 Run 'enqueue COMMAND --help' for the flags of a command.
-Exit codes: 0 ok, 1 runtime failure, 2 invalid usage or input.
+Exit codes: 0 ok, 1 runtime failure (including "may have been enqueued as ID":
+retrying is safe, 'enqueue status ID' tells), 2 invalid usage or input.
 `
 
 // env reads configuration from the environment; tests pass their own.
