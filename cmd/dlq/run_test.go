@@ -504,14 +504,15 @@ func TestReplay(t *testing.T) {
 			require.False(t, e.hasDead(t, tc.old), "record deleted")
 		}
 
-		// The dedup marks of the original requests are still set: a new
-		// identical request is a duplicate, yet replay was not blocked.
+		// The dedup marks of the original requests are still set, now
+		// naming the replayed tasks: a new identical request is a duplicate
+		// of a task that exists, yet replay was not blocked.
 		o := tasks.DefaultOptions()
 		o.MaxRetry, o.Timeout = 3, 45*time.Second
 		dup, err := e.enq.Enqueue(ctx, fixturePayloads["notFound"], o)
 		require.NoError(t, err)
 		require.True(t, dup.Duplicate)
-		require.Equal(t, s.notFound, dup.ID)
+		require.Equal(t, got[s.notFound], dup.ID)
 
 		// Untouched ones stay dead.
 		require.True(t, e.hasDead(t, s.config))

@@ -88,6 +88,7 @@ Reads JSON Lines from FILE (or stdin when FILE is - or absent), one task a line:
   {"provider":"digicert","order_id":"12345","domain_approval_emails":[{"domain":"example.com","email":"admin@example.com"}],"locale":"en"}
 Prints one line per input line, in order: the task ID, or "line N: <error>".
 Valid lines are enqueued even when others are bad; exits 1 if any line failed.
+A line longer than 128 KiB is skipped.
 
 Flags:
 `)
@@ -169,6 +170,7 @@ func batch(ctx context.Context, enq *tasks.Enqueuer, opts tasks.Options, in io.R
 	type job struct {
 		n    int
 		line []byte
+		err  error // the line could not be read whole
 		out  chan lineResult
 	}
 	jobs := make(chan job)
@@ -179,14 +181,17 @@ func batch(ctx context.Context, enq *tasks.Enqueuer, opts tasks.Options, in io.R
 		go func() {
 			defer wg.Done()
 			for j := range jobs {
-				r := lineResult{n: j.n}
-				p, err := parseLine(j.line)
-				if err == nil {
-					var res tasks.Enqueued
-					res, err = enq.Enqueue(ctx, p, opts)
-					r.id, r.dup = res.ID, res.Duplicate
+				r := lineResult{n: j.n, err: j.err}
+				if r.err == nil {
+					p, err := parseLine(j.line)
+					if err == nil {
+						var res tasks.Enqueued
+						res, err = enq.Enqueue(ctx, p, opts)
+						r.id, r.dup = res.ID, res.Duplicate
+						err = enqueueErr(err)
+					}
+					r.err = err
 				}
-				r.err = err
 				j.out <- r
 			}
 		}()
@@ -197,9 +202,13 @@ func batch(ctx context.Context, enq *tasks.Enqueuer, opts tasks.Options, in io.R
 		defer close(jobs)
 		br := bufio.NewReaderSize(in, 64<<10)
 		for n := 1; ; n++ {
-			line, err := br.ReadBytes('\n')
-			if len(line) == 0 && err == io.EOF {
+			line, size, err := readLine(br, maxLineBytes)
+			if size == 0 && err == io.EOF {
 				return
+			}
+			var lineErr error
+			if line == nil {
+				lineErr = fmt.Errorf("longer than %d bytes (%d): one task a line", maxLineBytes, size)
 			}
 			out := make(chan lineResult, 1)
 			select {
@@ -208,7 +217,7 @@ func batch(ctx context.Context, enq *tasks.Enqueuer, opts tasks.Options, in io.R
 				readErr = ctx.Err()
 				return
 			}
-			jobs <- job{n: n, line: line, out: out}
+			jobs <- job{n: n, line: line, err: lineErr, out: out}
 			if err == io.EOF {
 				return
 			}
@@ -231,4 +240,36 @@ func batch(ctx context.Context, enq *tasks.Enqueuer, opts tasks.Options, in io.R
 		return int(nFailed.Load()), fmt.Errorf("reading input: %w", readErr)
 	}
 	return int(nFailed.Load()), nil
+}
+
+// maxLineBytes bounds one input line: twice tasks.MaxPayloadBytes, so any
+// valid task fits however its JSON is spaced or escaped, while a runaway
+// line is skipped without being held in memory.
+const maxLineBytes = 2 * tasks.MaxPayloadBytes
+
+// readLine reads one line (its newline included) and returns it with its
+// size in bytes; a line longer than max, not counting its line ending, is
+// read to its end but dropped (nil line).
+func readLine(br *bufio.Reader, max int) (line []byte, size int, err error) {
+	dropped := false
+	for {
+		frag, err := br.ReadSlice('\n')
+		size += len(frag)
+		if !dropped {
+			line = append(line, frag...)
+			if len(bytes.TrimRight(line, "\r\n")) > max {
+				line, dropped = nil, true
+			}
+		}
+		if errors.Is(err, bufio.ErrBufferFull) {
+			continue
+		}
+		if dropped {
+			return nil, size, err
+		}
+		if line == nil {
+			line = []byte{}
+		}
+		return line, size, err
+	}
 }

@@ -159,6 +159,8 @@ func TestBatchLineErrors(t *testing.T) {
 		{`{"provider":"opensrs","order_id":"1","reference":"` + strings.Repeat("é", tasks.MaxReferenceLen+1) + `"}`, "reference: must be at most 128"},
 		{`{"provider":"opensrs","order_id":"` + strings.Repeat("9", 21) + `"}`, "order_id: must be 1-20"},
 		{`   `, "empty line"},
+		{`{"provider":"digicert","order_id":"1","domain_approval_emails":[` + approvalJSON(101) + `]}`, "domain_approval_emails: must have at most 100 entries, got 101"},
+		{`{"provider":"opensrs","order_id":"1","reference":"` + strings.Repeat(" ", 200<<10) + `"}`, "longer than 131072 bytes"},
 	}
 	redistest.Each(t, func(t *testing.T, b redistest.Backend) {
 		e := newEnv(t, b)
@@ -301,4 +303,36 @@ func BenchmarkBatch(b *testing.B) {
 			b.ReportMetric(float64(b.N)/elapsed.Seconds(), "tasks/s")
 		})
 	}
+}
+
+// approvalJSON returns n distinct domain_approval_emails entries.
+func approvalJSON(n int) string {
+	var entries []string
+	for i := range n {
+		entries = append(entries, fmt.Sprintf(`{"domain":"d%d.example.com","email":"admin@d%d.example.com"}`, i, i))
+	}
+	return strings.Join(entries, ",")
+}
+
+// TestBatchLongLine: a runaway line is rejected by number, the lines around
+// it are enqueued, and a line just under the limit is still read whole.
+func TestBatchLongLine(t *testing.T) {
+	t.Parallel()
+	redistest.Each(t, func(t *testing.T, b redistest.Backend) {
+		e := newEnv(t, b)
+		padded := `{"provider":"opensrs","order_id":"3"}` + strings.Repeat(" ", maxLineBytes-len(`{"provider":"opensrs","order_id":"3"}`))
+		in := `{"provider":"opensrs","order_id":"1"}` + "\n" +
+			`{"provider":"opensrs","order_id":"2","reference":"` + strings.Repeat("x", 13<<20) + `"}` + "\n" +
+			padded + "\r\n" +
+			`{"provider":"opensrs","order_id":"4"}`
+		r := e.runStdin(t, in, "batch")
+		require.Equal(t, exitFailure, r.code)
+		out := lines(r.stdout)
+		require.Len(t, out, 4)
+		require.Regexp(t, uuidRE, out[0])
+		require.Equal(t, fmt.Sprintf("line 2: longer than 131072 bytes (%d): one task a line", 13<<20+len(`{"provider":"opensrs","order_id":"2","reference":""}`)+1), out[1])
+		require.Regexp(t, uuidRE, out[2], "a line of exactly the limit is read")
+		require.Regexp(t, uuidRE, out[3])
+		require.Equal(t, 3, e.taskCount(t))
+	})
 }

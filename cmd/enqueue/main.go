@@ -8,7 +8,9 @@
 //	enqueue status TASK_ID [--json]
 //
 // Exit codes: 0 ok, 1 runtime failure (Redis unreachable, task not found, a
-// batch line failed), 2 invalid usage or input (nothing is enqueued).
+// batch line failed, or "may have been enqueued as ID" when Redis failed in
+// a way that hides whether the task was created: retrying is safe, `enqueue
+// status ID` tells), 2 invalid usage or input (nothing is enqueued).
 package main
 
 import (

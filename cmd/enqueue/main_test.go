@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"net"
+	"os"
 	"regexp"
 	"strconv"
 	"strings"
@@ -16,9 +17,15 @@ import (
 
 	"github.com/certmail/certmail/internal/redistest"
 	"github.com/certmail/certmail/internal/tasks"
+	"github.com/certmail/certmail/internal/testbin"
 )
 
-func TestMain(m *testing.M) { redistest.Main(m) }
+func TestMain(m *testing.M) {
+	code := m.Run()
+	testbin.Remove()
+	redistest.Stop()
+	os.Exit(code)
+}
 
 // cliResult is what one run of the CLI produced.
 type cliResult struct {

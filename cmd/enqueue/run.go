@@ -37,7 +37,8 @@ Commands:
   status    TASK_ID [--json]   state, result and every attempt of a task
 
 Run 'enqueue COMMAND --help' for the flags of a command.
-Exit codes: 0 ok, 1 runtime failure, 2 invalid usage or input.
+Exit codes: 0 ok, 1 runtime failure (including "may have been enqueued as ID":
+retrying is safe, 'enqueue status ID' tells), 2 invalid usage or input.
 `
 
 // env reads configuration from the environment; tests pass their own.
@@ -102,10 +103,10 @@ func (c *common) register(fs *flag.FlagSet, getenv env) {
 func (c *common) registerTask(fs *flag.FlagSet) {
 	d := tasks.DefaultOptions()
 	fs.IntVar(&c.maxRetry, "max-retry", d.MaxRetry, "retries after the first attempt before the task is dead-lettered")
-	fs.DurationVar(&c.timeout, "timeout", d.Timeout, "time limit of one attempt (at least 1s)")
-	fs.DurationVar(&c.delay, "delay", 0, "process the task after this delay")
-	fs.DurationVar(&c.dedupWindow, "dedup-window", d.DedupWindow, "an identical request inside this window returns the first task (0 turns it off)")
-	fs.DurationVar(&c.retention, "retention", d.Retention, "how long a completed task and its result stay readable")
+	fs.DurationVar(&c.timeout, "timeout", d.Timeout, "time limit of one attempt (whole seconds, at least 1s)")
+	fs.DurationVar(&c.delay, "delay", 0, "process the task after this delay (whole seconds)")
+	fs.DurationVar(&c.dedupWindow, "dedup-window", d.DedupWindow, "an identical request inside this window returns the first task (0 turns it off; whole ms, at least 1s)")
+	fs.DurationVar(&c.retention, "retention", d.Retention, "how long a completed task and its result stay readable (whole seconds, at least --dedup-window)")
 }
 
 func (c *common) options() tasks.Options {
@@ -187,13 +188,24 @@ func runSingle(ctx context.Context, provider string, args []string, stdout, stde
 	defer enq.Close()
 	res, err := enq.Enqueue(ctx, p, c.options())
 	if err != nil {
-		return err
+		return enqueueErr(err)
 	}
 	fmt.Fprintln(stdout, res.ID)
 	if res.Duplicate {
 		fmt.Fprintf(stderr, "duplicate of %s\n", res.ID)
 	}
 	return nil
+}
+
+// enqueueErr tells the caller how to find out when a task may or may not
+// exist: retrying is safe (the dedup mark makes it answer for the same
+// task), but only `enqueue status` says what happened.
+func enqueueErr(err error) error {
+	var ue *tasks.UncertainError
+	if errors.As(err, &ue) {
+		return fmt.Errorf("may have been enqueued as %s: check `enqueue status %s`", ue.ID, ue.ID)
+	}
+	return err
 }
 
 // flagErr renames payload fields to the flags that set them.
@@ -210,6 +222,8 @@ func flagErr(err error) error {
 		name = "--" + name
 	case strings.HasPrefix(name, "domain_approval_emails"):
 		name = "--approval-email (" + name + ")"
+	case name == "payload":
+		// The encoded request as a whole, all flags together.
 	case !strings.HasPrefix(name, "--"):
 		name = "--" + name
 	}

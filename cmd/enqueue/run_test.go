@@ -2,6 +2,10 @@ package main
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -13,6 +17,7 @@ import (
 	"github.com/redis/go-redis/v9"
 	"github.com/stretchr/testify/require"
 
+	"github.com/certmail/certmail/internal/outcome"
 	"github.com/certmail/certmail/internal/redistest"
 	"github.com/certmail/certmail/internal/tasks"
 )
@@ -148,6 +153,14 @@ func TestUsageErrors(t *testing.T) {
 		{"negative delay", []string{"opensrs", "--order-id", "1", "--delay", "-5s"}, "--delay"},
 		{"negative dedup window", []string{"opensrs", "--order-id", "1", "--dedup-window", "-1s"}, "--dedup-window"},
 		{"sub-second dedup window", []string{"opensrs", "--order-id", "1", "--dedup-window", "500ms"}, "--dedup-window"},
+		{"timeout not whole seconds", []string{"opensrs", "--order-id", "1", "--timeout", "1500ms"}, "--timeout: must be whole seconds"},
+		{"delay not whole seconds", []string{"opensrs", "--order-id", "1", "--delay", "2.5s"}, "--delay: must be whole seconds"},
+		{"retention not whole seconds", []string{"opensrs", "--order-id", "1", "--retention", "90m0.5s"}, "--retention: must be whole seconds"},
+		{"retention shorter than the dedup window", []string{"opensrs", "--order-id", "1", "--retention", "5m"}, "--retention: must be at least --dedup-window"},
+		{"dedup window not whole milliseconds", []string{"opensrs", "--order-id", "1", "--dedup-window", "1s500us"}, "--dedup-window: must be whole milliseconds"},
+		{"batch timeout not whole seconds", []string{"batch", "--timeout", "1500ms"}, "--timeout: must be whole seconds"},
+		{"101 approval emails", append([]string{"digicert", "--order-id", "1"}, approvalFlags(101)...), "--approval-email (domain_approval_emails): must have at most 100 entries, got 101"},
+		{"approval email too long", []string{"digicert", "--order-id", "1", "--approval-email", "example.com=" + strings.Repeat("a", 243) + "@example.com"}, "must be at most 254 characters"},
 		{"unknown flag", []string{"opensrs", "--order-id", "1", "--bogus"}, "bogus"},
 		{"flag missing value", []string{"opensrs", "--order-id"}, "order-id"},
 		{"extra positional", []string{"opensrs", "--order-id", "1", "extra"}, `"extra"`},
@@ -403,4 +416,55 @@ func TestDeduplication(t *testing.T) {
 // TestExitCodesAreStable pins the numeric contract.
 func TestExitCodesAreStable(t *testing.T) {
 	require.Equal(t, []int{0, 1, 2}, []int{exitOK, exitFailure, exitUsage})
+}
+
+// approvalFlags returns n distinct --approval-email flags.
+func approvalFlags(n int) []string {
+	var args []string
+	for i := range n {
+		args = append(args, "--approval-email", fmt.Sprintf("d%d.example.com=admin@d%d.example.com", i, i))
+	}
+	return args
+}
+
+func TestLimitsAccepted(t *testing.T) {
+	t.Parallel()
+	redistest.Each(t, func(t *testing.T, b redistest.Backend) {
+		e := newEnv(t, b)
+		id := requireID(t, e.run(t, append([]string{"digicert", "--order-id", "1", "--timeout", "2s", "--delay", "3s", "--retention", "10m"}, approvalFlags(100)...)...))
+		info := e.task(t, id)
+		require.Equal(t, 2*time.Second, info.Timeout)
+		require.Equal(t, 10*time.Minute, info.Retention)
+	})
+}
+
+// TestMayHaveBeenEnqueued: when the task named by a dedup mark does not
+// exist and its request may still be enqueueing, the CLI says so (exit 1)
+// instead of "duplicate of" a task `enqueue status` cannot find.
+func TestMayHaveBeenEnqueued(t *testing.T) {
+	t.Parallel()
+	redistest.Each(t, func(t *testing.T, b redistest.Backend) {
+		e := newEnv(t, b)
+		const orphan = "00000000-0000-4000-8000-0000000000aa"
+		p := tasks.NewOpenSRSPayload("77", "", false)
+		body, err := json.Marshal(p)
+		require.NoError(t, err)
+		// The mark's key, as tasks.dedupHash builds it.
+		sum := sha256.Sum256(append([]byte(p.Type()+"\x00"), body...))
+		key := outcome.DedupKey(hex.EncodeToString(sum[:]))
+		// Set 20 s ago by a request that has not enqueued (yet).
+		mark := fmt.Sprintf("%s %d", orphan, time.Now().Add(-20*time.Second).UnixMilli())
+		require.NoError(t, e.rdb.Set(t.Context(), key, mark, time.Minute).Err())
+
+		want := fmt.Sprintf("may have been enqueued as %s: check `enqueue status %s`", orphan, orphan)
+		requireOneLineFailure(t, e.run(t, "opensrs", "--order-id", "77"), "enqueue opensrs: "+want)
+
+		r := e.runStdin(t, `{"provider":"opensrs","order_id":"77"}`+"\n"+`{"provider":"opensrs","order_id":"78"}`+"\n", "batch")
+		require.Equal(t, exitFailure, r.code)
+		out := lines(r.stdout)
+		require.Len(t, out, 2)
+		require.Equal(t, "line 1: "+want, out[0])
+		require.Regexp(t, uuidRE, out[1])
+		require.NotContains(t, r.stderr, "duplicate of")
+	})
 }

@@ -7,6 +7,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/google/uuid"
@@ -42,22 +44,46 @@ func DefaultOptions() Options {
 }
 
 // Validate checks the options, naming the flag-level field at fault.
+// Durations must be what asynq and Redis store exactly, so that the task
+// does what was asked: asynq keeps Timeout and Retention in whole seconds
+// and schedules a delayed task at a whole unix second; the dedup mark's TTL
+// is in milliseconds.
 func (o Options) Validate() error {
 	switch {
 	case o.MaxRetry < 0:
 		return fieldErr("max-retry", "must be 0 or more")
 	case o.Timeout < time.Second:
 		return fieldErr("timeout", "must be at least 1s (asynq stores whole seconds)")
+	case o.Timeout%time.Second != 0:
+		return fieldErr("timeout", "must be whole seconds (asynq stores whole seconds), got %v", o.Timeout)
 	case o.Delay < 0:
 		return fieldErr("delay", "must not be negative")
+	case o.Delay%time.Second != 0:
+		return fieldErr("delay", "must be whole seconds (asynq schedules at whole seconds), got %v", o.Delay)
 	case o.DedupWindow < 0:
 		return fieldErr("dedup-window", "must not be negative")
 	case o.DedupWindow > 0 && o.DedupWindow < time.Second:
 		return fieldErr("dedup-window", "must be 0 (off) or at least 1s")
+	case o.DedupWindow%time.Millisecond != 0:
+		return fieldErr("dedup-window", "must be whole milliseconds (Redis stores the mark's TTL in ms), got %v", o.DedupWindow)
 	case o.Retention < 0:
 		return fieldErr("retention", "must not be negative")
+	case o.Retention%time.Second != 0:
+		return fieldErr("retention", "must be whole seconds (asynq stores whole seconds), got %v", o.Retention)
+	case o.DedupWindow > 0 && o.retention() < o.DedupWindow:
+		// Else a completed task could vanish while its mark still names
+		// it, and the next identical request would resend.
+		return fieldErr("retention", "must be at least --dedup-window (%v), got %v", o.DedupWindow, o.Retention)
 	}
 	return nil
+}
+
+// retention is the effective retention: 0 means the default.
+func (o Options) retention() time.Duration {
+	if o.Retention == 0 {
+		return outcome.DefaultRetention
+	}
+	return o.Retention
 }
 
 // Enqueued is the answer to one enqueue request.
@@ -73,11 +99,14 @@ type Enqueued struct {
 type Enqueuer struct {
 	client *asynq.Client
 	rdb    redis.UniversalClient
+	store  *outcome.Store   // attempt histories: proof that a task existed
+	grace  time.Duration    // DedupGrace
+	now    func() time.Time // tests move it
 }
 
 // NewEnqueuer returns an Enqueuer sharing one go-redis client with asynq.
 func NewEnqueuer(rdb redis.UniversalClient) *Enqueuer {
-	return &Enqueuer{client: asynq.NewClientFromRedisClient(rdb), rdb: rdb}
+	return &Enqueuer{client: asynq.NewClientFromRedisClient(rdb), rdb: rdb, store: outcome.NewStore(rdb, 0), grace: DedupGrace, now: time.Now}
 }
 
 // NewTask validates p and builds its asynq task with opts applied.
@@ -92,19 +121,18 @@ func NewTask(p Payload, o Options, id string) (*asynq.Task, error) {
 	if err != nil {
 		return nil, err
 	}
+	if err := validatePayloadSize(b); err != nil {
+		return nil, err
+	}
 	return asynq.NewTask(p.Type(), b, taskOptions(p, o, id)...), nil
 }
 
 func taskOptions(p Payload, o Options, id string) []asynq.Option {
-	retention := o.Retention
-	if retention == 0 {
-		retention = outcome.DefaultRetention
-	}
 	opts := []asynq.Option{
 		asynq.Queue(string(p.Provider())),
 		asynq.MaxRetry(o.MaxRetry),
 		asynq.Timeout(o.Timeout),
-		asynq.Retention(retention),
+		asynq.Retention(o.retention()),
 	}
 	if id != "" {
 		opts = append(opts, asynq.TaskID(id))
@@ -124,57 +152,349 @@ func dedupHash(taskType string, payload []byte) string {
 	return hex.EncodeToString(h.Sum(nil))
 }
 
+// Dedup timing. enqueueCallLimit bounds one request from setting its mark
+// to its last write to Redis; DedupGrace is how long a mark naming a task
+// that does not exist is still trusted to belong to a request in flight.
+// The gap between them (50 s) is for commands already written when the
+// limit struck: Redis runs what it has read in order, so only a stalled
+// server or a network that holds bytes that long can land one later.
+const (
+	enqueueCallLimit = 10 * time.Second
+	DedupGrace       = time.Minute
+	checkTimeout     = 5 * time.Second
+)
+
+// ErrDedupBusy is returned when a dedup mark changed under every attempt to
+// read or take it over (many identical requests at once): retry.
+var ErrDedupBusy = errors.New("dedup mark kept changing; retry")
+
+// UncertainError says that a task may or may not exist: Redis failed in a
+// way that hides whether the enqueue ran, or an identical request holds the
+// dedup mark and may still be enqueueing. ID is the task to look for
+// (`enqueue status ID`); retrying the same request is safe, it never makes
+// a second task.
+type UncertainError struct {
+	ID  string
+	Err error // the cause, nil when another request holds the mark
+}
+
+func (e *UncertainError) Error() string {
+	if e.Err == nil {
+		return fmt.Sprintf("may have been enqueued as %s (an identical request is in flight)", e.ID)
+	}
+	return fmt.Sprintf("may have been enqueued as %s: %v", e.ID, e.Err)
+}
+
+func (e *UncertainError) Unwrap() error { return e.Err }
+
+// A dedup mark's value is "<task id> <unix ms when set>"; marks written
+// before the time was stored hold the ID alone.
+func markValue(id string, at time.Time) string {
+	return id + " " + strconv.FormatInt(at.UnixMilli(), 10)
+}
+
+func parseMark(v string) (id string, at time.Time, ok bool) {
+	id, ms, found := strings.Cut(v, " ")
+	if !found {
+		return id, time.Time{}, false
+	}
+	n, err := strconv.ParseInt(ms, 10, 64)
+	if err != nil {
+		return id, time.Time{}, false
+	}
+	return id, time.UnixMilli(n), true
+}
+
+// failedKey notes the ID of a task whose enqueue definitely failed when its
+// mark could not be released (a Redis user without EVAL, a dropped
+// connection): a plain SET, so it works where the release script does not.
+func failedKey(markKey string) string { return markKey + ":failed" }
+
+// taskKey is asynq's hash of one task (internal/base.TaskKey in v0.26.0),
+// present in every state from enqueue until the task is deleted. A plain
+// EXISTS on it is one round trip with a deadline, where Inspector.GetTaskInfo
+// runs a script without one; TestTaskKeyMatchesAsynq pins the format.
+func taskKey(queue, id string) string { return "asynq:{" + queue + "}:t:" + id }
+
 // releaseScript deletes the dedup mark only if it still names our task, so a
 // failed enqueue never removes another request's mark.
 var releaseScript = redis.NewScript(`if redis.call("GET", KEYS[1]) == ARGV[1] then return redis.call("DEL", KEYS[1]) end return 0`)
 
+// takeoverScript replaces a mark only if it still holds the value read, so
+// of several requests taking over one stale mark exactly one wins.
+var takeoverScript = redis.NewScript(`if redis.call("GET", KEYS[1]) == ARGV[1] then redis.call("SET", KEYS[1], ARGV[2], "PX", ARGV[3]) return 1 end return 0`)
+
 // Enqueue validates p and enqueues it unless an identical request was
-// enqueued within the dedup window.
+// enqueued within the dedup window, whose task it then returns with
+// Duplicate set. A returned ID always names a task that exists.
 //
 // Deduplication does not use asynq's Unique or TaskID: both outlive the
 // window (a Unique lock survives archiving, a TaskID conflicts with retained
 // and archived tasks). A project-owned SET NX mark that expires with the
-// window, holding the first task's ID, next to a fresh random task ID,
+// window, holding the first task's fresh random ID and the time it was set,
 // dedupes exactly the window and nothing after it.
+//
+// The mark and asynq's enqueue script are two Redis calls; they cannot be
+// one, since the enqueue script and its message encoding are asynq's own.
+// What keeps the pair honest:
+//   - A mark is trusted only when its task exists. A request finding a mark
+//     whose task does not exist takes it over (compare-and-set) and enqueues
+//     if the first request is known to have failed (a note under failedKey)
+//     or the mark is older than DedupGrace. Younger, the first request may
+//     still be enqueueing: within its call limit Enqueue waits for its task
+//     to appear (then it is a duplicate); after it, the answer is an
+//     *UncertainError, never a duplicate.
+//   - When the enqueue call fails, Enqueue looks for the task: found means
+//     the enqueue ran and only the reply was lost (success); a refusal by
+//     Redis means it did not run (the mark is released); anything else
+//     keeps the mark and returns an *UncertainError naming the task.
+//
+// The window that remains: a request whose enqueue command reaches Redis
+// more than DedupGrace after its mark was set (a server stalled that long,
+// or a network holding written bytes that long) can land beside the task of
+// a request that took its mark over, giving two tasks. The mark holds the
+// enqueuing host's clock, so hosts must agree on the time to well within
+// DedupGrace. A mark whose task ran and was deleted since (dlq delete, the
+// dashboard, asynq's archive cap) is free at once, since nothing of it can
+// still land; dlq replay moves the mark to the replayed task (EnqueueRaw).
+// A completed task outlives its mark: Options.Validate keeps the retention
+// at least as long as the window.
 func (e *Enqueuer) Enqueue(ctx context.Context, p Payload, o Options) (Enqueued, error) {
 	id := uuid.NewString()
 	task, err := NewTask(p, o, id)
 	if err != nil {
 		return Enqueued{}, err
 	}
-	var key string
-	if o.DedupWindow > 0 {
-		key = outcome.DedupKey(dedupHash(task.Type(), task.Payload()))
-		for range 3 { // the mark may expire between SET NX and GET
-			ok, err := e.rdb.SetNX(ctx, key, id, o.DedupWindow).Result()
-			if err != nil {
-				return Enqueued{}, fmt.Errorf("redis: %w", err)
-			}
-			if ok {
-				break
-			}
-			first, err := e.rdb.Get(ctx, key).Result()
-			if errors.Is(err, redis.Nil) {
-				continue
-			}
-			if err != nil {
-				return Enqueued{}, fmt.Errorf("redis: %w", err)
-			}
-			return Enqueued{ID: first, Duplicate: true}, nil
+	queue := string(p.Provider())
+	if o.DedupWindow == 0 {
+		if err := e.enqueue(ctx, task, queue, id); err != nil {
+			return Enqueued{}, err
+		}
+		return Enqueued{ID: id}, nil
+	}
+	key := outcome.DedupKey(dedupHash(task.Type(), task.Payload()))
+	mark, setAt, dup, err := e.takeMark(ctx, key, id, queue, o.DedupWindow)
+	if err != nil || dup.ID != "" {
+		return dup, err
+	}
+	// The deadline counts from the mark, so that DedupGrace safely exceeds
+	// the whole call.
+	ectx, cancel := context.WithDeadline(ctx, setAt.Add(enqueueCallLimit))
+	defer cancel()
+	if err := ectx.Err(); err != nil { // nothing sent yet: give the mark back
+		_ = releaseScript.Run(context.WithoutCancel(ctx), e.rdb, []string{key}, mark).Err()
+		return Enqueued{}, err
+	}
+	err = e.enqueue(ectx, task, queue, id)
+	var refused *refusedError
+	if errors.As(err, &refused) {
+		bg, cancelBg := context.WithTimeout(context.WithoutCancel(ctx), checkTimeout)
+		defer cancelBg()
+		if rerr := releaseScript.Run(bg, e.rdb, []string{key}, mark).Err(); rerr != nil {
+			_ = e.rdb.Set(bg, failedKey(key), id, o.DedupWindow).Err()
 		}
 	}
-	if _, err := e.client.EnqueueContext(ctx, task); err != nil {
-		if key != "" {
-			_ = releaseScript.Run(context.WithoutCancel(ctx), e.rdb, []string{key}, id).Err()
-		}
-		return Enqueued{}, fmt.Errorf("enqueue: %w", err)
+	if err != nil {
+		return Enqueued{}, err
 	}
 	return Enqueued{ID: id}, nil
 }
 
+// refusedError is Redis refusing an enqueue: nothing was enqueued.
+type refusedError struct{ err error }
+
+func (e *refusedError) Error() string { return "not enqueued, Redis refused: " + e.err.Error() }
+func (e *refusedError) Unwrap() error { return e.err }
+
+// enqueue runs asynq's enqueue of task id and settles what happened: nil
+// when the task exists, a *refusedError when it certainly does not, an
+// *UncertainError when that cannot be told.
+func (e *Enqueuer) enqueue(ctx context.Context, task *asynq.Task, queue, id string) error {
+	_, err := e.client.EnqueueContext(ctx, task)
+	if err == nil || errors.Is(err, asynq.ErrTaskIDConflict) {
+		// A conflict on a fresh random ID means an earlier try of this
+		// very call (go-redis retries after a lost reply) created it.
+		return nil
+	}
+	if refusedByRedis(err) {
+		return &refusedError{err}
+	}
+	// The reply may have been lost after the script ran.
+	bg, cancel := context.WithTimeout(context.WithoutCancel(ctx), checkTimeout)
+	defer cancel()
+	if n, xerr := e.rdb.Exists(bg, taskKey(queue, id)).Result(); xerr == nil && n == 1 {
+		return nil
+	}
+	return &UncertainError{ID: id, Err: err}
+}
+
+// takeMark sets the dedup mark for task id and returns its value and the
+// time it holds, or returns the existing task an identical request created
+// (dup.ID set).
+//
+// A mark whose task does not exist yet, set less than enqueueCallLimit ago,
+// is most often an identical request enqueueing right now (a batch with a
+// line twice): takeMark polls until its task appears, its mark goes, or its
+// call limit passes, rather than answer "unknown" for a few milliseconds'
+// gap.
+func (e *Enqueuer) takeMark(ctx context.Context, key, id, queue string, window time.Duration) (mark string, setAt time.Time, dup Enqueued, err error) {
+	fail := func(err error) (string, time.Time, Enqueued, error) { return "", time.Time{}, Enqueued{}, err }
+	poll := 5 * time.Millisecond
+	for busy := 0; busy < 5; {
+		setAt = e.now()
+		mark = markValue(id, setAt)
+		ok, err := e.rdb.SetNX(ctx, key, mark, window).Result()
+		if err != nil {
+			return fail(fmt.Errorf("redis: %w", err))
+		}
+		if ok {
+			return mark, setAt, Enqueued{}, nil
+		}
+		pipe := e.rdb.Pipeline()
+		getCmd := pipe.Get(ctx, key)
+		failedCmd := pipe.Get(ctx, failedKey(key))
+		ttlCmd := pipe.PTTL(ctx, key)
+		_, _ = pipe.Exec(ctx)
+		cur, err := getCmd.Result()
+		if errors.Is(err, redis.Nil) { // expired or released meanwhile
+			busy++
+			continue
+		}
+		if err != nil {
+			return fail(fmt.Errorf("redis: %w", err))
+		}
+		first, firstAt, stamped := parseMark(cur)
+		if first == id {
+			// Our own SET NX ran but its reply was lost and go-redis
+			// retried it.
+			return cur, firstAt, Enqueued{}, nil
+		}
+		n, err := e.rdb.Exists(ctx, taskKey(queue, first)).Result()
+		if err != nil {
+			return fail(fmt.Errorf("redis: %w", err))
+		}
+		if n == 1 {
+			return "", time.Time{}, Enqueued{ID: first, Duplicate: true}, nil
+		}
+		failed, ferr := failedCmd.Result()
+		if ferr != nil && !errors.Is(ferr, redis.Nil) {
+			return fail(fmt.Errorf("redis: %w", ferr))
+		}
+		gone, err := e.existed(ctx, first)
+		if err != nil {
+			return fail(err)
+		}
+		// A task that ran and was deleted since (dlq delete, the
+		// dashboard, asynq's archive cap) has no enqueue left in flight:
+		// its mark is free at once. Otherwise wait out the first request.
+		if failed != first && !gone {
+			if !stamped {
+				// A mark from before set times were stored: its age is
+				// the window minus what is left, assuming the same window.
+				ttl, err := ttlCmd.Result()
+				if err != nil {
+					return fail(fmt.Errorf("redis: %w", err))
+				}
+				firstAt = e.now().Add(ttl - window)
+			}
+			age := e.now().Sub(firstAt)
+			if age < enqueueCallLimit {
+				select {
+				case <-ctx.Done():
+					return fail(&UncertainError{ID: first, Err: ctx.Err()})
+				case <-time.After(poll):
+				}
+				poll = min(2*poll, 200*time.Millisecond)
+				continue
+			}
+			if age < e.grace {
+				return fail(&UncertainError{ID: first})
+			}
+		}
+		ok, err = takeoverScript.Run(ctx, e.rdb, []string{key}, cur, mark, window.Milliseconds()).Bool()
+		if err != nil {
+			return fail(fmt.Errorf("redis: %w", err))
+		}
+		if ok {
+			return mark, setAt, Enqueued{}, nil
+		}
+		busy++
+	}
+	return fail(ErrDedupBusy)
+}
+
+// existed reports whether task id has an attempt history, so was enqueued
+// at some point.
+func (e *Enqueuer) existed(ctx context.Context, id string) (bool, error) {
+	as, err := e.store.Attempts(ctx, id)
+	if err != nil {
+		return false, err
+	}
+	return len(as) > 0, nil
+}
+
+// repointScript moves a mark to a replayed task, keeping its expiry.
+var repointScript = redis.NewScript(`if redis.call("GET", KEYS[1]) == ARGV[1] then redis.call("SET", KEYS[1], ARGV[2], "KEEPTTL") return 1 end return 0`)
+
+// repoint hands the dedup mark of (taskType, payload) to task id when the
+// task it names is gone after having run: the dead task that id replays.
+// An identical request inside the window is then a duplicate of the replay,
+// not of a deleted task. Best effort: the replay stands either way.
+func (e *Enqueuer) repoint(ctx context.Context, taskType string, payload []byte, queue, id string) {
+	key := outcome.DedupKey(dedupHash(taskType, payload))
+	cur, err := e.rdb.Get(ctx, key).Result()
+	if err != nil {
+		return
+	}
+	first, _, _ := parseMark(cur)
+	if first == id {
+		return
+	}
+	if n, err := e.rdb.Exists(ctx, taskKey(queue, first)).Result(); err != nil || n == 1 {
+		return
+	}
+	if gone, err := e.existed(ctx, first); err != nil || !gone {
+		return
+	}
+	_ = repointScript.Run(ctx, e.rdb, []string{key}, cur, markValue(id, e.now())).Err()
+}
+
+// refusedByRedis reports whether err is Redis refusing the enqueue with an
+// error reply that go-redis does not retry, so the command did not run and
+// no earlier try of it did. asynq flattens script errors to text ("redis
+// eval error: NOPERM …"), hence the look at the message.
+func refusedByRedis(err error) bool {
+	var re redis.Error
+	if errors.As(err, &re) {
+		return refusalCode(re.Error())
+	}
+	msg := err.Error()
+	const evalPrefix = "redis eval error: "
+	i := strings.Index(msg, evalPrefix)
+	if i < 0 {
+		return false
+	}
+	return refusalCode(msg[i+len(evalPrefix):])
+}
+
+func refusalCode(reply string) bool {
+	code, _, _ := strings.Cut(reply, " ")
+	switch code {
+	case "NOPERM", "NOAUTH", "WRONGPASS", "NOSCRIPT", "OOM", "MISCONF", "WRONGTYPE", "CROSSSLOT", "EXECABORT":
+		return true
+	case "ERR":
+		// "ERR max number of clients reached" is retried by go-redis: an
+		// earlier try may have run.
+		return !strings.Contains(reply, "max number of clients")
+	}
+	return false
+}
+
 // EnqueueRaw enqueues an already-encoded task of a known type with a fresh
 // ID and budget, bypassing deduplication: it is how dead letters are
-// replayed, and the payload is validated again by the handler.
+// replayed, and the payload is validated again by the handler. When the
+// request's dedup mark names a task that ran and is gone (the dead task
+// being replayed, deleted first), the mark moves to the new task.
 func (e *Enqueuer) EnqueueRaw(ctx context.Context, taskType string, payload []byte, o Options) (string, error) {
 	p, err := Decode(taskType, payload)
 	if err != nil {
@@ -186,9 +506,10 @@ func (e *Enqueuer) EnqueueRaw(ctx context.Context, taskType string, payload []by
 	id := uuid.NewString()
 	// Keep the exact bytes: they are what upstream sent.
 	task := asynq.NewTask(taskType, payload, taskOptions(p, o, id)...)
-	if _, err := e.client.EnqueueContext(ctx, task); err != nil {
-		return "", fmt.Errorf("enqueue: %w", err)
+	if err := e.enqueue(ctx, task, string(p.Provider()), id); err != nil {
+		return "", err
 	}
+	e.repoint(context.WithoutCancel(ctx), taskType, payload, string(p.Provider()), id)
 	return id, nil
 }
 

@@ -124,6 +124,9 @@ func (p *DigiCertPayload) Validate() error {
 	if err := validateOrderID(p.OrderID); err != nil {
 		return err
 	}
+	if err := validateApprovalCount(len(p.DomainApprovalEmails)); err != nil {
+		return err
+	}
 	seen := make(map[providers.ApprovalEmail]bool, len(p.DomainApprovalEmails))
 	for i, e := range p.DomainApprovalEmails {
 		field := fmt.Sprintf("domain_approval_emails[%d]", i)
@@ -174,6 +177,9 @@ func Decode(taskType string, payload []byte) (Payload, error) {
 		p = &DigiCertPayload{}
 	default:
 		return nil, fmt.Errorf("unknown task type %q", taskType)
+	}
+	if err := validatePayloadSize(payload); err != nil {
+		return nil, err
 	}
 	if err := json.Unmarshal(payload, p); err != nil {
 		return nil, fmt.Errorf("payload is not valid JSON for %s: %v", taskType, err)

@@ -28,8 +28,43 @@ var (
 	labelRE   = regexp.MustCompile(`^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$`)
 )
 
-// MaxReferenceLen is the longest reference accepted, in characters.
-const MaxReferenceLen = 128
+// Input limits, part of the task contract (README "Limits").
+const (
+	// MaxReferenceLen is the longest reference accepted, in characters.
+	MaxReferenceLen = 128
+	// MaxApprovalEmails bounds domain_approval_emails. DigiCert documents
+	// no maximum; 100 is well above the domains of an ordinary order and
+	// keeps one task (one provider call that must succeed or fail as a
+	// whole) from carrying thousands of recipients. Larger orders are
+	// split into several tasks.
+	MaxApprovalEmails = 100
+	// MaxEmailLen is RFC 5321's limit on an address (a 254-octet path).
+	MaxEmailLen = 254
+	// MaxPayloadBytes bounds a task's encoded payload. The largest payload
+	// the field limits allow is about 54 KB (100 entries of a 253-character
+	// domain and a 254-character address, plus a 128-character reference);
+	// 64 KiB admits it with room for JSON escapes, while keeping one task
+	// from putting megabytes into Redis, which holds every task in memory
+	// (noeviction), copies its message on each state change, and shows it in
+	// the dashboard.
+	MaxPayloadBytes = 64 << 10
+)
+
+// validatePayloadSize rejects an encoded payload over MaxPayloadBytes.
+func validatePayloadSize(b []byte) error {
+	if len(b) > MaxPayloadBytes {
+		return fieldErr("payload", "must be at most %d bytes encoded, got %d", MaxPayloadBytes, len(b))
+	}
+	return nil
+}
+
+// validateApprovalCount rejects more than MaxApprovalEmails entries.
+func validateApprovalCount(n int) error {
+	if n > MaxApprovalEmails {
+		return fieldErr("domain_approval_emails", "must have at most %d entries, got %d", MaxApprovalEmails, n)
+	}
+	return nil
+}
 
 func validateOrderID(s string) error {
 	if s == "" {
@@ -59,6 +94,9 @@ func validateReference(s string) error {
 func validateEmail(field, s string) error {
 	if s == "" {
 		return fieldErr(field, "is required")
+	}
+	if len(s) > MaxEmailLen {
+		return fieldErr(field, "must be at most %d characters, got %d", MaxEmailLen, len(s))
 	}
 	a, err := mail.ParseAddress(s)
 	if err != nil || a.Name != "" || a.Address != s {

@@ -3,12 +3,15 @@ package tasks
 import (
 	"encoding/json"
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 
+	"github.com/hibiken/asynq"
 	"github.com/stretchr/testify/require"
 
 	"github.com/certmail/certmail/internal/providers"
+	"github.com/certmail/certmail/internal/redistest"
 )
 
 // requireFieldErr asserts that err is a *FieldError naming field.
@@ -201,6 +204,10 @@ func TestDecode(t *testing.T) {
 		{name: "missing order id", taskType: TypeDigiCertResendEmails, payload: `{}`, wantField: "order_id"},
 		{name: "null", taskType: TypeOpenSRSResendCertEmail, payload: `null`, wantField: "order_id"},
 		{name: "digicert bad locale", taskType: TypeDigiCertResendEmails, payload: `{"order_id":"1","locale":"en-US"}`, wantField: "locale"},
+		{name: "digicert 101 approval emails", taskType: TypeDigiCertResendEmails,
+			payload: `{"order_id":"1","domain_approval_emails":[` + approvalEntries(101) + `]}`, wantField: "domain_approval_emails"},
+		{name: "payload over 64 KiB", taskType: TypeOpenSRSResendCertEmail,
+			payload: `{"order_id":"1"` + strings.Repeat(" ", MaxPayloadBytes) + `}`, wantField: "payload"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -303,6 +310,118 @@ func TestMeta(t *testing.T) {
 			order, ref := Meta([]byte(tc.payload))
 			require.Equal(t, tc.order, order)
 			require.Equal(t, tc.ref, ref)
+		})
+	}
+}
+
+// approvalEntries returns n distinct domain_approval_emails entries as JSON.
+func approvalEntries(n int) string {
+	entries := make([]string, n)
+	for i := range entries {
+		entries[i] = fmt.Sprintf(`{"domain":"d%d.example.com","email":"admin@d%d.example.com"}`, i, i)
+	}
+	return strings.Join(entries, ",")
+}
+
+func approvalList(n int, domain func(i int) string, email func(i int) string) []providers.ApprovalEmail {
+	l := make([]providers.ApprovalEmail, n)
+	for i := range l {
+		l[i] = providers.ApprovalEmail{Domain: domain(i), Email: email(i)}
+	}
+	return l
+}
+
+func TestPayloadLimits(t *testing.T) {
+	t.Parallel()
+
+	// A 253-character hostname made distinct by its first label.
+	longDomain := func(i int) string {
+		first := fmt.Sprintf("d%03d", i)
+		return first + "." + strings.Repeat(strings.Repeat("a", 62)+".", 3) + strings.Repeat("b", 253-len(first)-1-63*3-4) + ".com"
+	}
+	// A 254-character address at a 239-character domain.
+	longEmail := func(i int) string {
+		return strings.Repeat("x", 254-1-239) + "@" + longDomain(i)[253-239:]
+	}
+	tests := []struct {
+		name      string
+		p         *DigiCertPayload
+		wantField string
+	}{
+		{"100 entries", &DigiCertPayload{OrderID: "1", DomainApprovalEmails: approvalList(100,
+			func(i int) string { return fmt.Sprintf("d%d.example.com", i) },
+			func(i int) string { return fmt.Sprintf("admin@d%d.example.com", i) })}, ""},
+		{"101 entries", &DigiCertPayload{OrderID: "1", DomainApprovalEmails: approvalList(101,
+			func(i int) string { return fmt.Sprintf("d%d.example.com", i) },
+			func(i int) string { return fmt.Sprintf("admin@d%d.example.com", i) })}, "domain_approval_emails"},
+		{"email of 254 characters", &DigiCertPayload{OrderID: "1", DomainApprovalEmails: approvalList(1, longDomain, longEmail)}, ""},
+		{"email of 255 characters", &DigiCertPayload{OrderID: "1", DomainApprovalEmails: approvalList(1, longDomain,
+			func(i int) string { return "y" + longEmail(i) })}, "domain_approval_emails[0].email"},
+		{"largest payload the field limits allow", &DigiCertPayload{OrderID: "12345678901234567890", Locale: "pt_BR",
+			Reference: strings.Repeat("日", MaxReferenceLen), DomainApprovalEmails: approvalList(100, longDomain, longEmail)}, ""},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			for _, e := range tc.p.DomainApprovalEmails[:1] {
+				require.LessOrEqual(t, len(e.Domain), 253)
+			}
+			task, err := NewTask(tc.p, DefaultOptions(), "")
+			if tc.wantField != "" {
+				requireFieldErr(t, err, tc.wantField)
+				return
+			}
+			require.NoError(t, err)
+			require.LessOrEqual(t, len(task.Payload()), MaxPayloadBytes)
+			_, err = Decode(task.Type(), task.Payload())
+			require.NoError(t, err, "what enqueue accepts, the worker accepts")
+		})
+	}
+
+	t.Run("encoded payload over 64 KiB", func(t *testing.T) {
+		t.Parallel()
+		// Local parts that JSON escapes six-fold ("&" is \u0026) pass
+		// every field rule yet overflow the payload limit.
+		quoted := func(i int) string { return strings.Repeat("&", 200) + "@" + longDomain(i)[253-40:] }
+		p := &DigiCertPayload{OrderID: "1", DomainApprovalEmails: approvalList(100, longDomain, quoted)}
+		require.NoError(t, p.Validate())
+		_, err := NewTask(p, DefaultOptions(), "")
+		requireFieldErr(t, err, "payload")
+	})
+}
+
+// TestHandlerDeadLettersOversizedPayload: a task put into Redis directly,
+// past the enqueue CLI, with more than the limits allow is dead-lettered as
+// invalid_payload, not dropped and not sent.
+func TestHandlerDeadLettersOversizedPayload(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name    string
+		payload []byte
+		want    string
+	}{
+		{"101 approval emails", []byte(`{"order_id":"7","domain_approval_emails":[` + approvalEntries(101) + `]}`), "domain_approval_emails: must have at most 100 entries"},
+		{"payload over 64 KiB", []byte(`{"order_id":"7","reference":"` + strings.Repeat("r", MaxPayloadBytes) + `"}`), "payload: must be at most 65536 bytes"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			redistest.Each(t, func(t *testing.T, b redistest.Backend) {
+				hb := setupHandler(t, b, nil)
+				info, err := asynq.NewClientFromRedisClient(hb.rdb).EnqueueContext(t.Context(),
+					asynq.NewTask(TypeDigiCertResendEmails, tc.payload), asynq.Queue(QueueDigiCert), asynq.MaxRetry(5))
+				require.NoError(t, err)
+				hb.start(t)
+				final := hb.waitFinal(t, QueueDigiCert, info.ID)
+				require.Equal(t, asynq.TaskStateArchived, final.State)
+				require.Contains(t, final.LastErr, tc.want)
+				d, ok, err := hb.store.DeadLetter(t.Context(), info.ID)
+				require.NoError(t, err)
+				require.True(t, ok, "dead letter recorded")
+				require.Equal(t, "invalid_payload", d.Class)
+				require.Equal(t, tc.payload, []byte(d.Payload), "kept whole")
+				require.Empty(t, hb.resender.Calls())
+			})
 		})
 	}
 }
