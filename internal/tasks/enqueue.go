@@ -176,20 +176,31 @@ func (e *Enqueuer) Enqueue(ctx context.Context, p Payload, o Options) (Enqueued,
 // ID and budget, bypassing deduplication: it is how dead letters are
 // replayed, and the payload is validated again by the handler.
 func (e *Enqueuer) EnqueueRaw(ctx context.Context, taskType string, payload []byte, o Options) (string, error) {
+	id := uuid.NewString()
+	if err := e.EnqueueRawID(ctx, id, taskType, payload, o); err != nil {
+		return "", err
+	}
+	return id, nil
+}
+
+// EnqueueRawID is EnqueueRaw with the caller's task ID. An ID asynq still
+// holds (any state, completed tasks during their retention) is refused with
+// an error wrapping asynq.ErrTaskIDConflict: dlq replay derives the ID from
+// the dead letter's so that no replay of it can be enqueued twice.
+func (e *Enqueuer) EnqueueRawID(ctx context.Context, id, taskType string, payload []byte, o Options) error {
 	p, err := Decode(taskType, payload)
 	if err != nil {
-		return "", err
+		return err
 	}
 	if err := o.Validate(); err != nil {
-		return "", err
+		return err
 	}
-	id := uuid.NewString()
 	// Keep the exact bytes: they are what upstream sent.
 	task := asynq.NewTask(taskType, payload, taskOptions(p, o, id)...)
 	if _, err := e.client.EnqueueContext(ctx, task); err != nil {
-		return "", fmt.Errorf("enqueue: %w", err)
+		return fmt.Errorf("enqueue: %w", err)
 	}
-	return id, nil
+	return nil
 }
 
 // Close releases the Enqueuer. The shared Redis client stays open: its
