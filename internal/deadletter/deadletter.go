@@ -463,8 +463,8 @@ func skipReason(id string, c outcome.DeadClaim) error {
 }
 
 // lostClaim: the claim lapsed while this call worked and another caller
-// finished the letter.
-const lostClaim = "its claim expired and another operator finished it"
+// took the letter over (and finishes it, or has).
+const lostClaim = "its claim expired and another operator took it over"
 
 func (s *Service) replayOne(ctx context.Context, sel outcome.DeadLetter) Replayed {
 	r := Replayed{OldID: sel.ID}

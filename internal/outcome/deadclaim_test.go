@@ -192,6 +192,49 @@ func TestStoreClaimDeadLeaseExpires(t *testing.T) {
 	})
 }
 
+// TestStoreClaimDeadLapsedUntaken: a claim that lapsed while its owner
+// stalled, with nobody taking it meanwhile, can still be renewed and
+// finished by that owner; once another caller took it, not any more.
+func TestStoreClaimDeadLapsedUntaken(t *testing.T) {
+	t.Parallel()
+	redistest.Each(t, func(t *testing.T, b redistest.Backend) {
+		sb := setupStore(t, b)
+		ctx := t.Context()
+		for _, id := range []string{"renewed", "finished"} {
+			d := deadLetter(id, t0, "permanent")
+			require.NoError(t, sb.store.Record(ctx, attempt(id, 1, Dead), &d))
+			c, err := sb.store.ClaimDead(ctx, id, OpReplay, "slow", 200*time.Millisecond, succ(id))
+			require.NoError(t, err)
+			require.True(t, c.Won)
+		}
+		if b.Mini != nil {
+			b.Mini.FastForward(time.Second)
+		}
+		require.Eventually(t, func() bool {
+			n, err := sb.rdb.Exists(ctx, deadClaimKey("renewed"), deadClaimKey("finished")).Result()
+			return err == nil && n == 0
+		}, 10*time.Second, 50*time.Millisecond, "claims lapse")
+
+		ok, err := sb.store.RenewDead(ctx, "renewed", OpReplay, "slow", time.Minute)
+		require.NoError(t, err)
+		require.True(t, ok, "lapsed, untaken: taken again")
+		c, err := sb.store.ClaimDead(ctx, "renewed", OpDelete, "other", time.Minute, succ("renewed"))
+		require.NoError(t, err)
+		require.Equal(t, DeadClaim{HeldBy: OpReplay}, c)
+
+		ok, err = sb.store.FinishDead(ctx, "finished", OpReplay, "slow", OpReplay)
+		require.NoError(t, err)
+		require.True(t, ok, "lapsed, untaken: finished")
+		ok, err = sb.store.FinishDead(ctx, "finished", OpReplay, "slow", OpReplay)
+		require.NoError(t, err)
+		require.False(t, ok, "already finished")
+		ok, err = sb.store.RenewDead(ctx, "finished", OpReplay, "slow", time.Minute)
+		require.NoError(t, err)
+		require.False(t, ok, "nothing left to renew")
+		require.False(t, sb.exists(t, deadClaimKey("finished")))
+	})
+}
+
 func TestStoreClaimDeadSuccessorSeen(t *testing.T) {
 	t.Parallel()
 	tests := []struct {

@@ -266,18 +266,27 @@ end
 return {0, rec, seen}
 `
 
-// renewDeadScript extends a claim still held by ARGV[1] to ARGV[2] ms.
+// renewDeadScript. KEYS: claim, dead. ARGV: claim value, lease ms. It
+// extends the caller's claim, or takes it again if it lapsed and nobody
+// took it meanwhile while the record is still there (a lapse alone changed
+// nothing).
 const renewDeadScript = `
-if redis.call("GET", KEYS[1]) == ARGV[1] then return redis.call("PEXPIRE", KEYS[1], ARGV[2]) end
+local held = redis.call("GET", KEYS[1])
+if held == ARGV[1] or (not held and redis.call("EXISTS", KEYS[2]) == 1) then
+  redis.call("SET", KEYS[1], ARGV[1], "PX", ARGV[2])
+  return 1
+end
 return 0
 `
 
 // finishDeadScript. KEYS: dead, claim, tomb, index, attempts. ARGV: claim
 // value, tombstone, tombstone ttl ms, attempts retention s, id. Only the
-// claim holder finishes: record, index entry and claim go, the tombstone
-// comes, in one step.
+// claim holder finishes (or a caller whose claim lapsed while nobody else
+// took it and the record is still there): record, index entry and claim
+// go, the tombstone comes, in one step.
 const finishDeadScript = `
-if redis.call("GET", KEYS[2]) ~= ARGV[1] then return 0 end
+local held = redis.call("GET", KEYS[2])
+if held ~= ARGV[1] and (held or redis.call("EXISTS", KEYS[1]) == 0) then return 0 end
 redis.call("DEL", KEYS[1], KEYS[2])
 redis.call("ZREM", KEYS[4], ARGV[5])
 redis.call("SET", KEYS[3], ARGV[2], "PX", ARGV[3])
@@ -322,10 +331,11 @@ func (s *Store) ClaimDead(ctx context.Context, id string, op DeadOp, token strin
 }
 
 // RenewDead extends a claim for another lease and reports whether the
-// caller still holds it. Callers renew right before a side effect that must
-// not happen once the claim has passed to someone else.
+// caller still holds it (a claim that lapsed is taken again if nobody else
+// took it and the record is still there). Callers renew right before a side
+// effect that must not happen once the claim has passed to someone else.
 func (s *Store) RenewDead(ctx context.Context, id string, op DeadOp, token string, lease time.Duration) (bool, error) {
-	n, err := s.rdb.Eval(ctx, renewDeadScript, []string{deadClaimKey(id)}, claimValue(op, token), max(lease.Milliseconds(), 1)).Int()
+	n, err := s.rdb.Eval(ctx, renewDeadScript, []string{deadClaimKey(id), deadKey(id)}, claimValue(op, token), max(lease.Milliseconds(), 1)).Int()
 	if err != nil {
 		return false, fmt.Errorf("outcome: renew dead-letter claim: %w", err)
 	}
@@ -334,8 +344,9 @@ func (s *Store) RenewDead(ctx context.Context, id string, op DeadOp, token strin
 
 // FinishDead ends a claim by removing the dead letter: record and index
 // entry are deleted and a tombstone saying tomb is written (TombstoneTTL),
-// in one script, only if the caller still holds the claim (it reports
-// whether it did). The attempt history then expires with the retention.
+// in one script, only if the caller still holds the claim, or its claim
+// lapsed but nobody else took it and the record is still there (it reports
+// whether it finished). The attempt history then expires with the retention.
 func (s *Store) FinishDead(ctx context.Context, id string, op DeadOp, token string, tomb DeadOp) (bool, error) {
 	n, err := s.rdb.Eval(ctx, finishDeadScript,
 		[]string{deadKey(id), deadClaimKey(id), tombKey(id), deadIndexKey, attemptsKey(id)},
@@ -443,6 +454,8 @@ func (s *Store) DeadLetter(ctx context.Context, id string) (DeadLetter, bool, er
 
 // DeleteDead removes dead-letter records. Their attempt histories are kept
 // for the retention window, so a replayed task's past can still be read.
+// It neither claims nor tombstones: dlq replay and delete use ClaimDead and
+// FinishDead, which are safe against each other and against the sweep.
 func (s *Store) DeleteDead(ctx context.Context, ids ...string) error {
 	const chunk = 1000
 	for lo := 0; lo < len(ids); lo += chunk {
