@@ -75,9 +75,12 @@ type tally struct {
 	replayed map[string][]string // old ID → new IDs printed
 	deleted  map[string]int
 	skipped  int
+	skipLog  map[string][]string
 }
 
-func newTally() *tally { return &tally{replayed: map[string][]string{}, deleted: map[string]int{}} }
+func newTally() *tally {
+	return &tally{replayed: map[string][]string{}, deleted: map[string]int{}, skipLog: map[string][]string{}}
+}
 
 func (ty *tally) addReplay(t *testing.T, res []deadletter.Replayed) {
 	ty.mu.Lock()
@@ -88,6 +91,7 @@ func (ty *tally) addReplay(t *testing.T, res []deadletter.Replayed) {
 			ty.replayed[r.OldID] = append(ty.replayed[r.OldID], r.NewID)
 		case errors.Is(r.Err, deadletter.ErrSkipped):
 			ty.skipped++
+			ty.skipLog[r.OldID] = append(ty.skipLog[r.OldID], r.Err.Error())
 		default:
 			t.Errorf("replay %s: %v", r.OldID, r.Err)
 		}
@@ -106,6 +110,8 @@ func (ty *tally) addDelete(t *testing.T, ids []string, err error) {
 	for _, e := range err.(interface{ Unwrap() []error }).Unwrap() {
 		if errors.Is(e, deadletter.ErrSkipped) {
 			ty.skipped++
+			id, _, _ := strings.Cut(e.Error(), ":")
+			ty.skipLog[id] = append(ty.skipLog[id], e.Error())
 		} else {
 			t.Errorf("delete: %v", e)
 		}
@@ -182,9 +188,15 @@ func TestReplayRacesDeleteAndSweep(t *testing.T) {
 				pending := 0
 				for _, id := range ids {
 					news, deleted := ty.replayed[id], ty.deleted[id]
-					require.Equal(t, 1, len(news)+deleted, "%s: replayed as %v, deleted %d times", id, news, deleted)
 					tomb, err := bu.store.Tombstone(ctx, id)
 					require.NoError(t, err)
+					if len(news)+deleted != 1 {
+						_, rec, _ := bu.store.DeadLetter(ctx, id)
+						succ, serr := bu.insp.GetTaskInfo(tasks.QueueOpenSRS, deadletter.ReplayID(id))
+						old, oerr := bu.insp.GetTaskInfo(tasks.QueueOpenSRS, id)
+						t.Logf("DEBUG %s tomb=%q record=%v succ=%v/%v old=%v/%v skips=%v", id, tomb, rec, succ, serr, old, oerr, ty.skipLog[id])
+					}
+					require.Equal(t, 1, len(news)+deleted, "%s: replayed as %v, deleted %d times", id, news, deleted)
 					if deleted == 1 {
 						require.Equal(t, outcome.OpDelete, tomb)
 						continue

@@ -253,11 +253,12 @@ type DeadClaim struct {
 // successor: asynq task hash, attempts, done mark, dead, tomb. ARGV: claim
 // value "op:token", lease ms. Returns {0, record, seen} when claimed,
 // {1, tombstone or ""} when the record is gone, {2, claim value} when held.
+// Running it twice for one caller (a go-redis retry) claims once.
 const claimDeadScript = `
 local rec = redis.call("GET", KEYS[1])
 if not rec then return {1, redis.call("GET", KEYS[3]) or ""} end
 local held = redis.call("GET", KEYS[2])
-if held and held ~= ARGV[1] then return {2, held} end
+if held and held ~= ARGV[1] and string.sub(held, 1, 9) ~= "finished:" then return {2, held} end
 redis.call("SET", KEYS[2], ARGV[1], "PX", ARGV[2])
 local seen = 0
 for i = 4, 8 do
@@ -280,19 +281,28 @@ return 0
 `
 
 // finishDeadScript. KEYS: dead, claim, tomb, index, attempts. ARGV: claim
-// value, tombstone, tombstone ttl ms, attempts retention s, id. Only the
-// claim holder finishes (or a caller whose claim lapsed while nobody else
-// took it and the record is still there): record, index entry and claim
-// go, the tombstone comes, in one step.
+// value, tombstone, tombstone ttl ms, attempts retention s, id, finished
+// mark ttl ms. Only the claim holder finishes (or a caller whose claim
+// lapsed while nobody else took it and the record is still there): record
+// and index entry go, the tombstone comes, in one step. The claim becomes
+// "finished:<claim value>" for a while, so that the same call run again
+// (go-redis retries a command whose reply timed out) answers 1 again
+// instead of reporting the caller's own finish as someone else's.
 const finishDeadScript = `
 local held = redis.call("GET", KEYS[2])
+if held == "finished:" .. ARGV[1] then return 1 end
 if held ~= ARGV[1] and (held or redis.call("EXISTS", KEYS[1]) == 0) then return 0 end
-redis.call("DEL", KEYS[1], KEYS[2])
+redis.call("DEL", KEYS[1])
+redis.call("SET", KEYS[2], "finished:" .. ARGV[1], "PX", ARGV[6])
 redis.call("ZREM", KEYS[4], ARGV[5])
 redis.call("SET", KEYS[3], ARGV[2], "PX", ARGV[3])
 redis.call("EXPIRE", KEYS[5], ARGV[4])
 return 1
 `
+
+// finishedMarkTTL is how long a finished claim answers a repeated finish;
+// go-redis retries within seconds.
+const finishedMarkTTL = 10 * time.Minute
 
 func claimValue(op DeadOp, token string) string { return string(op) + ":" + token }
 
@@ -350,7 +360,8 @@ func (s *Store) RenewDead(ctx context.Context, id string, op DeadOp, token strin
 func (s *Store) FinishDead(ctx context.Context, id string, op DeadOp, token string, tomb DeadOp) (bool, error) {
 	n, err := s.rdb.Eval(ctx, finishDeadScript,
 		[]string{deadKey(id), deadClaimKey(id), tombKey(id), deadIndexKey, attemptsKey(id)},
-		claimValue(op, token), string(tomb), TombstoneTTL.Milliseconds(), int64(s.retention/time.Second), id).Int()
+		claimValue(op, token), string(tomb), TombstoneTTL.Milliseconds(), int64(s.retention/time.Second), id,
+		finishedMarkTTL.Milliseconds()).Int()
 	if err != nil {
 		return false, fmt.Errorf("outcome: finish dead letter: %w", err)
 	}
