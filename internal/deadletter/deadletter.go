@@ -56,6 +56,12 @@
 //     record goes, and is tombstoned when it goes, so a sweep that listed
 //     the archive before the replay cannot bring it back.
 //
+//  6. Repeats. go-redis sends a command again when its reply timed out, so
+//     any step may run twice. Each is written to give the same answer the
+//     second time: a claim or renewal by the same caller holds, a repeated
+//     finish answers as the first did, a repeated enqueue hits the TaskID
+//     conflict, a repeated delete of the archived task finds it gone.
+//
 // Delete follows the same claim and finish; a delete that wins a letter
 // whose successor exists (a replay died before finishing) finishes it as
 // replayed instead of deleting it: a letter is replayed or deleted, never

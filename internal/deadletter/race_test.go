@@ -194,7 +194,7 @@ func TestReplayRacesDeleteAndSweep(t *testing.T) {
 						_, rec, _ := bu.store.DeadLetter(ctx, id)
 						succ, serr := bu.insp.GetTaskInfo(tasks.QueueOpenSRS, deadletter.ReplayID(id))
 						old, oerr := bu.insp.GetTaskInfo(tasks.QueueOpenSRS, id)
-						t.Logf("DEBUG %s tomb=%q record=%v succ=%v/%v old=%v/%v skips=%v", id, tomb, rec, succ, serr, old, oerr, ty.skipLog[id])
+						t.Logf("%s, reported by nobody: tombstone %q, record %v, successor %v (%v), archived task %v (%v), skips %q", id, tomb, rec, succ, serr, old, oerr, ty.skipLog[id])
 					}
 					require.Equal(t, 1, len(news)+deleted, "%s: replayed as %v, deleted %d times", id, news, deleted)
 					if deleted == 1 {
