@@ -31,6 +31,7 @@
 //     of callers, one wins; the others skip the letter and say who has it
 //     (ErrSkipped). The winner gets the record as it is now, not as it was
 //     when it was selected.
+//
 //  2. Deterministic successor. The task a replay enqueues has the ID
 //     ReplayID(old ID), the same for every replay of that letter. asynq
 //     refuses a second task with an ID it still holds
@@ -38,18 +39,21 @@
 //     that task left any trace after asynq forgot it (attempts, success
 //     mark, its own dead letter or tombstone). So at most one successor is
 //     ever enqueued, whoever enqueues it.
+//
 //  3. Order: claim → delete the archived task → enqueue the successor →
 //     finish. Finish (outcome.FinishDead, one script, only for the claim's
 //     holder) deletes record and index entry and writes the tombstone
 //     certmail:tomb:{id} ("replayed" or "deleted", outcome.TombstoneTTL).
 //     Only the caller whose finish succeeds reports the replay, so exactly
 //     one "OLD NEW" line is printed per letter across all processes.
+//
 //  4. Crashes. A caller that dies after claiming leaves the record in
 //     place; its claim lapses after the lease and the next replay takes the
 //     letter as usual: nothing is lost. If it died after enqueueing, the
 //     next replay finds the successor (rule 2) and only finishes: nothing is
 //     sent twice. A caller that refuses a letter or fails before the
 //     successor exists releases its claim at once.
+//
 //  5. Sweep. Reconcile adds a record in one script (outcome.AddDead) only
 //     if there is no record, no tombstone, and the task is still in asynq's
 //     archive. A replayed or deleted letter has left the archive before its
