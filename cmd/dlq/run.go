@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -85,6 +86,12 @@ Refused, with a message on stderr (exit 1, the others still replayed): an
 unknown ID; a dead letter whose asynq task is live again (e.g. pending after
 Run in the dashboard); a payload that no longer validates (record kept).
 
+Each dead letter is replayed exactly once however many replays and deletes
+run at once: one that another operator replayed, deleted or is handling is
+skipped with "dlq replay: ID: skipped: <why>" on stderr and no stdout line
+(exit 0: it was handled). A replay interrupted by a crash is finished by the
+next replay (after at most a minute), without a second task.
+
 Flags:
 `
 
@@ -92,7 +99,9 @@ const deleteUsage = `Usage: dlq delete (ID... | --all) [--provider P] [--since D
 
 Deletes dead-letter records and their archived asynq tasks (attempt histories
 expire with the retention window). Prints the deleted IDs, one per line.
-A dead letter whose asynq task is live again is not deleted (exit 1).
+A dead letter whose asynq task is live again is not deleted (exit 1). One that
+another operator replayed, deleted or is handling is skipped with
+"dlq delete: ID: skipped: <why>" on stderr (exit 0: it was handled).
 
 Flags:
 `
@@ -347,7 +356,8 @@ func runReplay(ctx context.Context, args []string, stdout, stderr io.Writer, get
 			fmt.Fprintf(stdout, "%s %s\n", r.OldID, r.NewID)
 		}
 		if r.Err != nil {
-			failed = true
+			// Skipped: another operator handled it, once; not a failure.
+			failed = failed || !errors.Is(r.Err, deadletter.ErrSkipped)
 			fmt.Fprintf(stderr, "dlq replay: %s\n", oneLine(r.Err.Error()))
 		}
 	}
@@ -373,10 +383,15 @@ func runDelete(ctx context.Context, args []string, stdout, stderr io.Writer, get
 		fmt.Fprintln(stdout, id)
 	}
 	if err != nil {
+		failed := false
 		for _, e := range unjoin(err) {
+			failed = failed || !errors.Is(e, deadletter.ErrSkipped)
 			fmt.Fprintf(stderr, "dlq delete: %s\n", oneLine(e.Error()))
 		}
-		return errSilent
+		if failed {
+			return errSilent
+		}
+		return nil
 	}
 	if len(ids) == 0 {
 		fmt.Fprintln(stderr, "dlq delete: no dead letters match")

@@ -23,10 +23,13 @@ const reconcilePageSize = 1000
 // the dashboard can archive tasks by hand. Their records have Source
 // "reconciled" and Class "unknown"; a record the handler writes later wins.
 //
-// It is idempotent and safe to run concurrently with workers and with
-// itself; the worker runs it periodically, cmd/dlq before every command.
-// Tasks archived while it pages may be missed by this run and are caught by
-// the next.
+// It is idempotent and safe to run concurrently with workers, with itself
+// and with Replay and Delete: a record is added by one script that checks,
+// at that instant, that there is no record and no tombstone and that the
+// task is still archived (outcome.AddDead), so a dead letter replayed or
+// deleted after this sweep listed the archive is never brought back. The
+// worker runs it periodically, cmd/dlq before every command. Tasks archived
+// while it pages may be missed by this run and are caught by the next.
 func (s *Service) Reconcile(ctx context.Context) (added int, err error) {
 	for _, q := range tasks.Queues {
 		n, err := s.reconcileQueue(ctx, q)
@@ -60,6 +63,8 @@ func (s *Service) reconcileQueue(ctx context.Context, queue string) (int, error)
 		for i, info := range infos {
 			ids[i] = info.ID
 		}
+		// A cheap pipelined pre-check, so the script runs only for tasks
+		// without a record; the script decides.
 		has, err := s.store.HasDead(ctx, ids)
 		if err != nil {
 			return added, err

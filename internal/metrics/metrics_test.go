@@ -112,9 +112,9 @@ func TestMetrics(t *testing.T) {
 		arch := enqueue(t, client, tasks.QueueDigiCert)
 		require.NoError(t, insp.ArchiveTask(tasks.QueueDigiCert, arch.ID))
 		for _, id := range []string{"d1", "d2", "d3"} {
-			added, err := store.AddDead(ctx, outcome.DeadLetter{ID: id, Queue: "digicert", LastFailedAt: time.Now()})
-			require.NoError(t, err)
-			require.True(t, added)
+			// Recorded as the handler does (AddDead only records tasks asynq still archives).
+			d := outcome.DeadLetter{ID: id, Queue: "digicert", LastFailedAt: time.Now()}
+			require.NoError(t, store.Record(ctx, outcome.Attempt{TaskID: id, Queue: "digicert", Outcome: outcome.Dead, At: d.LastFailedAt}, &d))
 		}
 
 		m := metrics.New(insp, store, tasks.Queues)

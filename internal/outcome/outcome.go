@@ -11,12 +11,19 @@
 //   - certmail:outcomes            a capped stream of every attempt, for ops tools;
 //   - certmail:dead:{task_id}      the dead-letter record (no TTL) and
 //     certmail:dead                its index, a sorted set scored by time of death;
+//   - certmail:deadclaim:{task_id} an operator's claim on a dead letter while it
+//     replays or deletes it (expires with ClaimDead's lease), and
+//     certmail:tomb:{task_id}      what became of a dead letter ("replayed" or
+//     "deleted"), kept TombstoneTTL so that no sweep brings it back;
 //   - certmail:done:{task_id}      the idempotency mark set on success, and
 //     certmail:inflight:{task_id}  the claim of the delivery calling the provider
 //     now; both are checked (one script, one round trip) before a provider call
 //     so that a redelivered or concurrently delivered task does not email twice.
 //
-// All keys share the prefix KeyPrefix, declared here and nowhere else.
+// All keys share the prefix KeyPrefix, declared here and nowhere else. The
+// dead-letter scripts also read two of asynq's keys (a queue's archive and a
+// task hash); their names are built here too, from asynq's layout
+// (internal/base/base.go in asynq v0.26), and only ever read.
 package outcome
 
 import (
@@ -41,6 +48,16 @@ func doneKey(id string) string     { return KeyPrefix + "done:{" + id + "}" }
 // inflightKey shares doneKey's hash tag so the claim script touches one
 // cluster slot.
 func inflightKey(id string) string { return KeyPrefix + "inflight:{" + id + "}" }
+
+// deadClaimKey holds "op:token" of the operator replaying or deleting the
+// dead letter now.
+func deadClaimKey(id string) string { return KeyPrefix + "deadclaim:" + id }
+func tombKey(id string) string      { return KeyPrefix + "tomb:" + id }
+
+// asynq's keys, read by the dead-letter scripts and never written: the
+// archive of a queue (a sorted set of task IDs) and a task's hash.
+func asynqArchivedKey(queue string) string { return "asynq:{" + queue + "}:archived" }
+func asynqTaskKey(queue, id string) string { return "asynq:{" + queue + "}:t:" + id }
 
 // DedupKey is the key of the enqueue deduplication mark for a request hash.
 func DedupKey(hash string) string { return KeyPrefix + "dedup:" + hash }

@@ -76,4 +76,8 @@ func TestKeys(t *testing.T) {
 	require.Equal(t, "certmail:dedup:abc", DedupKey("abc"))
 	require.Equal(t, "certmail:outcomes", streamKey)
 	require.Equal(t, "certmail:dead", deadIndexKey)
+	require.Equal(t, "certmail:deadclaim:x", deadClaimKey("x"))
+	require.Equal(t, "certmail:tomb:x", tombKey("x"))
+	require.Equal(t, "asynq:{opensrs}:archived", asynqArchivedKey("opensrs"))
+	require.Equal(t, "asynq:{opensrs}:t:x", asynqTaskKey("opensrs", "x"))
 }

@@ -52,6 +52,15 @@ func (sb *storeBundle) ttl(t *testing.T, key string) time.Duration {
 	return d
 }
 
+// archive puts task ids into asynq's archive of the opensrs queue, as asynq
+// does when a task dies (only the sorted set: that is what AddDead reads).
+func (sb *storeBundle) archive(t *testing.T, ids ...string) {
+	t.Helper()
+	for _, id := range ids {
+		require.NoError(t, sb.rdb.ZAdd(t.Context(), asynqArchivedKey("opensrs"), redis.Z{Score: 1, Member: id}).Err())
+	}
+}
+
 func (sb *storeBundle) exists(t *testing.T, key string) bool {
 	t.Helper()
 	n, err := sb.rdb.Exists(t.Context(), key).Result()
@@ -223,6 +232,7 @@ func TestStoreAddDead(t *testing.T) {
 
 		// A live history, then the reconciler finds the task in the archive.
 		require.NoError(t, sb.store.Record(ctx, attempt("r", 1, Retrying), nil))
+		sb.archive(t, "r", "h")
 		first := deadLetter("r", t0, "unknown")
 		first.Source = "reconciled"
 		added, err := sb.store.AddDead(ctx, first)
@@ -326,6 +336,7 @@ func TestStoreDeadLettersSkipsDangling(t *testing.T) {
 		sb := setupStore(t, b)
 		ctx := t.Context()
 
+		sb.archive(t, "a", "b", "c")
 		for i, id := range []string{"a", "b", "c"} {
 			d := deadLetter(id, t0.Add(time.Duration(i)*time.Minute), "permanent")
 			added, err := sb.store.AddDead(ctx, d)
@@ -416,6 +427,7 @@ func TestStoreStream(t *testing.T) {
 			require.NoError(t, sb.store.Record(ctx, r.a, r.dead))
 		}
 		// AddDead and DeleteDead do not write to the stream.
+		sb.archive(t, "s3")
 		_, err := sb.store.AddDead(ctx, deadLetter("s3", t0, "unknown"))
 		require.NoError(t, err)
 		require.NoError(t, sb.store.DeleteDead(ctx, "s3"))

@@ -496,21 +496,33 @@ func refusalCode(reply string) bool {
 // request's dedup mark names a task that ran and is gone (the dead task
 // being replayed, deleted first), the mark moves to the new task.
 func (e *Enqueuer) EnqueueRaw(ctx context.Context, taskType string, payload []byte, o Options) (string, error) {
+	id := uuid.NewString()
+	if err := e.EnqueueRawID(ctx, id, taskType, payload, o); err != nil {
+		return "", err
+	}
+	return id, nil
+}
+
+// EnqueueRawID is EnqueueRaw with the caller's task ID. An ID asynq still
+// holds (any state, completed tasks during their retention) is not enqueued
+// again and counts as enqueued (nil): dlq replay derives the ID from the
+// dead letter's, so that however many replays of one letter run, or retry
+// after a lost reply, asynq holds at most one successor.
+func (e *Enqueuer) EnqueueRawID(ctx context.Context, id, taskType string, payload []byte, o Options) error {
 	p, err := Decode(taskType, payload)
 	if err != nil {
-		return "", err
+		return err
 	}
 	if err := o.Validate(); err != nil {
-		return "", err
+		return err
 	}
-	id := uuid.NewString()
 	// Keep the exact bytes: they are what upstream sent.
 	task := asynq.NewTask(taskType, payload, taskOptions(p, o, id)...)
 	if err := e.enqueue(ctx, task, string(p.Provider()), id); err != nil {
-		return "", err
+		return err
 	}
 	e.repoint(context.WithoutCancel(ctx), taskType, payload, string(p.Provider()), id)
-	return id, nil
+	return nil
 }
 
 // Close releases the Enqueuer. The shared Redis client stays open: its
