@@ -99,7 +99,7 @@ func fromTaskInfo(info *asynq.TaskInfo, now time.Time) outcome.DeadLetter {
 		Queue:        info.Queue,
 		Provider:     info.Queue,
 		OrderID:      orderID,
-		Reference:    ref,
+		Reference:    redact.Emails(ref),
 		Payload:      outcome.Payload(info.Payload),
 		Retried:      info.Retried,
 		MaxRetry:     info.MaxRetry,
