@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/certmail/certmail/internal/deadletter"
 	"github.com/certmail/certmail/internal/providers/digicert"
 	"github.com/certmail/certmail/internal/providers/opensrs"
 	"github.com/certmail/certmail/internal/ratelimit"
@@ -38,6 +39,7 @@ type config struct {
 	shutdownTimeout  time.Duration
 	reconcileEvery   time.Duration
 	retention        time.Duration
+	deadRetention    time.Duration // 0 keeps dead letters forever
 	dashboardUser    string
 	dashboardPass    secret
 	dashboardNoAuth  bool
@@ -88,6 +90,7 @@ Environment (flags override):
                                then up to 10s more while the interrupted attempts are recorded)
   RECONCILE_INTERVAL           how often asynq's archive is swept into dead letters (default 1m)
   OUTCOME_RETENTION            how long attempt histories and success marks are kept (default 168h, at least 1h)
+  DEADLETTER_RETENTION         how long a dead letter is kept unless replayed or deleted (default 2160h = 90 days, at least 24h; 0 keeps forever)
   DASHBOARD_USER, DASHBOARD_PASSWORD[_FILE]   basic auth for /dashboard/ (off without them)
   DASHBOARD_READONLY           true mounts the dashboard read-only
   LOG_LEVEL                    debug, info, warn or error (default info)
@@ -176,6 +179,7 @@ func loadConfig(args []string, stdout io.Writer, getenv func(string) string) (*c
 	fs.DurationVar(&c.shutdownTimeout, "shutdown-timeout", dur("SHUTDOWN_TIMEOUT", 25*time.Second), "grace for in-flight tasks on shutdown (env SHUTDOWN_TIMEOUT)")
 	fs.DurationVar(&c.reconcileEvery, "reconcile-interval", dur("RECONCILE_INTERVAL", time.Minute), "archive-to-dead-letter sweep period (env RECONCILE_INTERVAL)")
 	fs.DurationVar(&c.retention, "outcome-retention", dur("OUTCOME_RETENTION", 7*24*time.Hour), "attempt history retention (env OUTCOME_RETENTION)")
+	fs.DurationVar(&c.deadRetention, "deadletter-retention", dur("DEADLETTER_RETENTION", deadletter.DefaultRetention), "dead-letter retention, 0 keeps forever (env DEADLETTER_RETENTION)")
 	fs.StringVar(&c.dashboardUser, "dashboard-user", str("DASHBOARD_USER", ""), "dashboard basic-auth user (env DASHBOARD_USER)")
 	fs.BoolVar(&c.dashboardNoAuth, "dashboard-no-auth", false, "serve the dashboard WITHOUT authentication (loopback demos only)")
 	fs.BoolVar(&c.dashboardRO, "dashboard-readonly", boolean("DASHBOARD_READONLY"), "read-only dashboard (env DASHBOARD_READONLY)")
@@ -232,6 +236,8 @@ func (c *config) validate() error {
 		return configErrf("SHUTDOWN_TIMEOUT (--shutdown-timeout): must be at least 1s")
 	case c.reconcileEvery < time.Second:
 		return configErrf("RECONCILE_INTERVAL (--reconcile-interval): must be at least 1s")
+	case c.deadRetention != 0 && c.deadRetention < deadletter.MinRetention:
+		return configErrf("DEADLETTER_RETENTION (--deadletter-retention): must be 0 (keep forever) or at least %s, got %s", deadletter.MinRetention, c.deadRetention)
 	case c.retention < minRetention:
 		return configErrf("OUTCOME_RETENTION (--outcome-retention): must be at least %s (success marks must outlive asynq's crash recovery, or a redelivered task is resent), got %s", minRetention, c.retention)
 	case (c.dashboardUser == "") != (c.dashboardPass == ""):

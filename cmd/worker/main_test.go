@@ -112,6 +112,8 @@ func TestConfigErrorsBeforeConnecting(t *testing.T) {
 		{"http addr flag", []string{"--http-addr", "127.0.0.1"}, nil, "HTTP_ADDR"},
 		{"retention below the floor", nil, map[string]string{"OUTCOME_RETENTION": "59m"}, "OUTCOME_RETENTION"},
 		{"retention flag below the floor", []string{"--outcome-retention", "10m"}, nil, "OUTCOME_RETENTION"},
+		{"dead-letter retention below the floor", nil, map[string]string{"DEADLETTER_RETENTION": "1h"}, "DEADLETTER_RETENTION"},
+		{"dead-letter retention negative", []string{"--deadletter-retention", "-24h"}, nil, "DEADLETTER_RETENTION"},
 		{"digicert url without slash", nil, map[string]string{"DIGICERT_URL": "https://www.digicert.com/services/v2"}, "DIGICERT_URL"},
 		{"digicert key with spaces", nil, map[string]string{"DIGICERT_API_KEY": " k "}, "DIGICERT_API_KEY"},
 		{"opensrs url relative", nil, map[string]string{"OPENSRS_USERNAME": "u", "OPENSRS_API_KEY": "k", "OPENSRS_URL": "opensrs/"}, "OPENSRS_URL"},

@@ -190,7 +190,7 @@ func serve(ctx context.Context, cfg *config, stdout, stderr io.Writer, h *hooks)
 	rctx, stopReconcile := context.WithCancel(ctx)
 	go func() {
 		defer close(reconcileDone)
-		reconcileLoop(rctx, dl, cfg.reconcileEvery, log)
+		reconcileLoop(rctx, dl, cfg.reconcileEvery, cfg.deadRetention, log)
 	}()
 
 	if demo != nil {
@@ -290,24 +290,37 @@ func limitClients(cfg *config, c clients, rdb redis.UniversalClient, log *slog.L
 	return out
 }
 
-// reconcileLoop sweeps asynq's archive into durable dead letters: tasks that
-// died after a crash never pass through the handler.
-func reconcileLoop(ctx context.Context, dl *deadletter.Service, every time.Duration, log *slog.Logger) {
+// reconcileLoop runs sweep every interval until ctx ends.
+func reconcileLoop(ctx context.Context, dl *deadletter.Service, every, retention time.Duration, log *slog.Logger) {
 	t := time.NewTicker(every)
 	defer t.Stop()
 	for {
-		n, err := dl.Reconcile(ctx)
-		switch {
-		case err != nil && ctx.Err() == nil:
-			log.Warn("dead-letter reconcile failed", "error", err.Error())
-		case n > 0:
-			log.Warn("dead letters recovered from asynq's archive (died outside the handler, e.g. worker crash)", "count", n)
-		}
+		sweep(ctx, dl, retention, log)
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
 		}
+	}
+}
+
+// sweep records asynq's archive as durable dead letters (tasks that died
+// after a crash never pass through the handler), then removes the dead
+// letters older than retention (0: none), so Redis stays bounded.
+func sweep(ctx context.Context, dl *deadletter.Service, retention time.Duration, log *slog.Logger) {
+	n, err := dl.Reconcile(ctx)
+	switch {
+	case err != nil && ctx.Err() == nil:
+		log.Warn("dead-letter reconcile failed", "error", err.Error())
+	case n > 0:
+		log.Warn("dead letters recovered from asynq's archive (died outside the handler, e.g. worker crash)", "count", n)
+	}
+	n, err = dl.Prune(ctx, retention)
+	switch {
+	case err != nil && ctx.Err() == nil:
+		log.Warn("dead-letter retention sweep failed", "error", err.Error())
+	case n > 0:
+		log.Info("dead letters expired (older than DEADLETTER_RETENTION)", "count", n, "retention", retention.String())
 	}
 }
 

@@ -460,12 +460,16 @@ func skipReason(id string, c outcome.DeadClaim) error {
 		why = "being replayed by another operator"
 	case c.HeldBy == outcome.OpDelete:
 		why = "being deleted by another operator"
+	case c.HeldBy == outcome.OpExpire:
+		why = "being removed by the retention sweep (DEADLETTER_RETENTION)"
 	case c.HeldBy != "":
 		why = "claimed by another operator"
 	case c.Tombstone == outcome.OpReplay:
 		why = fmt.Sprintf("already replayed (as %s) by another operator", ReplayID(id))
 	case c.Tombstone == outcome.OpDelete:
 		why = "already deleted by another operator"
+	case c.Tombstone == outcome.OpExpire:
+		why = "expired: older than DEADLETTER_RETENTION"
 	default:
 		why = "no longer a dead letter (run again from the dashboard, or handled by another operator)"
 	}
@@ -559,7 +563,7 @@ func (s *Service) Delete(ctx context.Context, f Filter) ([]string, error) {
 	}
 	errs := make([]error, len(sel.matched))
 	parallel(len(sel.matched), func(i int) {
-		errs[i] = s.deleteOne(ctx, sel.matched[i])
+		errs[i] = s.deleteOne(ctx, sel.matched[i], outcome.OpDelete)
 	})
 	deleted := make([]string, 0, len(sel.matched))
 	for i, d := range sel.matched {
@@ -573,10 +577,12 @@ func (s *Service) Delete(ctx context.Context, f Filter) ([]string, error) {
 	return deleted, errors.Join(errs...) // Join skips the nils
 }
 
-func (s *Service) deleteOne(ctx context.Context, sel outcome.DeadLetter) error {
+// deleteOne deletes one dead letter as op (OpDelete for an operator,
+// OpExpire for the retention sweep), which its tombstone then names.
+func (s *Service) deleteOne(ctx context.Context, sel outcome.DeadLetter, op outcome.DeadOp) error {
 	token := uuid.NewString()
 	succ := successor(sel)
-	c, err := s.store.ClaimDead(ctx, sel.ID, outcome.OpDelete, token, s.lease, succ)
+	c, err := s.store.ClaimDead(ctx, sel.ID, op, token, s.lease, succ)
 	if err != nil {
 		return fmt.Errorf("%s: %w", sel.ID, err)
 	}
@@ -586,7 +592,7 @@ func (s *Service) deleteOne(ctx context.Context, sel outcome.DeadLetter) error {
 	d := c.Record
 	bg := context.WithoutCancel(ctx)
 	finish := func(tomb outcome.DeadOp) error {
-		done, err := s.store.FinishDead(bg, d.ID, outcome.OpDelete, token, tomb)
+		done, err := s.store.FinishDead(bg, d.ID, op, token, tomb)
 		switch {
 		case err != nil:
 			return fmt.Errorf("%s: %w", d.ID, err)
@@ -604,7 +610,7 @@ func (s *Service) deleteOne(ctx context.Context, sel outcome.DeadLetter) error {
 		return fmt.Errorf("%s: %w: already replayed (as %s) by an interrupted replay, not deleted", d.ID, ErrSkipped, succ.ID)
 	}
 	release := func(err error) error {
-		if rerr := s.store.ReleaseDead(bg, d.ID, outcome.OpDelete, token); rerr != nil {
+		if rerr := s.store.ReleaseDead(bg, d.ID, op, token); rerr != nil {
 			err = errors.Join(err, rerr)
 		}
 		return fmt.Errorf("%s: %w", d.ID, err)
@@ -615,7 +621,7 @@ func (s *Service) deleteOne(ctx context.Context, sel outcome.DeadLetter) error {
 	if err := s.deleteTask(d); err != nil {
 		return release(err)
 	}
-	return finish(outcome.OpDelete)
+	return finish(op)
 }
 
 // parallel calls fn(0..n-1) on at most workers goroutines.

@@ -19,3 +19,6 @@ func Enqueue(s *Service) func(ctx context.Context, id, taskType string, payload 
 
 // SetLease sets the lease of s's claims.
 func SetLease(s *Service, d time.Duration) { s.lease = d }
+
+// SetNow sets the clock of s.
+func SetNow(s *Service, now func() time.Time) { s.now = now }

@@ -226,6 +226,9 @@ type DeadOp string
 const (
 	OpReplay DeadOp = "replayed"
 	OpDelete DeadOp = "deleted"
+	// OpExpire is a delete by the retention sweep (DEADLETTER_RETENTION),
+	// not by an operator.
+	OpExpire DeadOp = "expired"
 )
 
 // Successor names the task a replay of a dead letter creates (or created).
@@ -426,6 +429,23 @@ func (s *Store) DeadLetters(ctx context.Context) ([]DeadLetter, error) {
 	if err != nil {
 		return nil, fmt.Errorf("outcome: list dead letters: %w", err)
 	}
+	return s.deadLetters(ctx, ids)
+}
+
+// DeadLettersBefore returns every dead letter that died before t, oldest
+// first, reading only those (the index is scored by time of death): the
+// retention sweep runs it every RECONCILE_INTERVAL.
+func (s *Store) DeadLettersBefore(ctx context.Context, t time.Time) ([]DeadLetter, error) {
+	ids, err := s.rdb.ZRangeByScore(ctx, deadIndexKey, &redis.ZRangeBy{
+		Min: "-inf", Max: "(" + strconv.FormatInt(t.UnixMilli(), 10),
+	}).Result()
+	if err != nil {
+		return nil, fmt.Errorf("outcome: list dead letters: %w", err)
+	}
+	return s.deadLetters(ctx, ids)
+}
+
+func (s *Store) deadLetters(ctx context.Context, ids []string) ([]DeadLetter, error) {
 	out := make([]DeadLetter, 0, len(ids))
 	const chunk = 1000
 	for lo := 0; lo < len(ids); lo += chunk {
