@@ -11,7 +11,7 @@
 //	go_* and process_*                               Go runtime and process collectors
 //
 // Queue sizes come from asynq's Inspector.GetQueueInfo, a Lua script per
-// queue that samples MEMORY USAGE and blocks Redis while it runs (asynq.md
+// queue that samples MEMORY USAGE and blocks Redis while it runs (docs/asynq.md
 // §9). They are therefore cached: a scrape starts a refresh only when the
 // cache is older than the refresh interval (15 s by default), at most one
 // refresh runs at a time, and a scrape waits for it no longer than the scrape

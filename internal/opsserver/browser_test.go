@@ -55,7 +55,7 @@ func artifactsDir(t *testing.T) string {
 }
 
 // answerAuth makes the tab of ctx answer every basic auth challenge with
-// resp (asynq.md §14: Fetch.enable with handleAuthRequests, then
+// resp (docs/asynq.md §14: Fetch.enable with handleAuthRequests, then
 // ContinueWithAuth). Every paused request must be continued, or the page
 // hangs.
 func answerAuth(t *testing.T, ctx context.Context, resp fetch.AuthChallengeResponse) {

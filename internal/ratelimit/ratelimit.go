@@ -38,7 +38,7 @@ type Rule struct {
 
 func (r Rule) String() string { return fmt.Sprintf("%d/%s", r.N, r.Per) }
 
-// DigiCertDefault is DigiCert's documented limit (digicert.md §5).
+// DigiCertDefault is DigiCert's documented limit (docs/digicert.md §5).
 const DigiCertDefault = "100/5s,1000/3m"
 
 // ParseRules parses "N/DURATION[,N/DURATION…]", e.g. "100/5s,1000/3m".

@@ -1,16 +1,3 @@
-// Package tasks declares certmail's task types — the wire contract between
-// the upstream systems that enqueue resends and the workers that perform
-// them — and the handlers that run them.
-//
-// A task type is a constant, a payload struct with snake_case JSON tags, a
-// validating constructor and a handler. Types are never renamed: a breaking
-// payload change gets a new type and both are served until the old drains.
-// Payloads carry identifiers only, never a secret.
-//
-//	type                           queue     payload
-//	opensrs:resend_cert_email      opensrs   {"order_id","reference"}
-//	opensrs:resend_approve_email   opensrs   {"order_id","reference"}
-//	digicert:resend_emails         digicert  {"order_id","domain_approval_emails","locale","reference"}
 package tasks
 
 import (

@@ -181,7 +181,7 @@ func jsonString(raw json.RawMessage) string {
 }
 
 // classify maps an HTTP status and the decoded errors to a class
-// (digicert.md §4).
+// (docs/digicert.md §4).
 func classify(status int, items []ErrorItem) providers.Class {
 	switch {
 	case status >= 200 && status < 300:

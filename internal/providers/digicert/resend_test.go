@@ -67,7 +67,7 @@ func TestResendEmailsWire(t *testing.T) {
 		body    ResendEmailsRequest
 	}{
 		{
-			// digicert.md §8: Content-Length 95.
+			// docs/digicert.md §8: Content-Length 95.
 			name:    "EmailsAndLocale",
 			orderID: "123456789",
 			body: ResendEmailsRequest{

@@ -13,7 +13,7 @@ import (
 	"strings"
 )
 
-// The documented OPS preamble (opensrs.md §4).
+// The documented OPS preamble (docs/opensrs.md §4).
 const (
 	xmlDecl    = "<?xml version='1.0' encoding='UTF-8' standalone='no' ?>"
 	docType    = "<!DOCTYPE OPS_envelope SYSTEM 'ops.dtd'>"
@@ -32,7 +32,7 @@ type assoc []item
 // encodeRequest builds the OPS envelope of an XCP command. The top-level items
 // go on their own lines and nested containers inline, which for
 // resend_cert_email of order 1799 reproduces the signed test vector of
-// opensrs.md §3 byte for byte.
+// docs/opensrs.md §3 byte for byte.
 func encodeRequest(action, object string, attrs assoc) ([]byte, error) {
 	var b bytes.Buffer
 	b.WriteString(xmlDecl + "\n" + docType + "\n<OPS_envelope>\n")

@@ -78,7 +78,7 @@ func (e *APIError) Detail() providers.Detail {
 var _ providers.DetailedError = (*APIError)(nil)
 
 // ClassifyCode maps an OPS response_code of a reply with is_success=0 and
-// its response_text to a class (opensrs.md §6).
+// its response_text to a class (docs/opensrs.md §6).
 func ClassifyCode(code, text string) providers.Class {
 	switch strings.TrimSpace(code) {
 	case "300", "310":

@@ -22,7 +22,7 @@ import (
 	"github.com/certmail/certmail/internal/redact"
 )
 
-// Endpoints (opensrs.md §1). Horizon is the test environment; it uses a
+// Endpoints (docs/opensrs.md §1). Horizon is the test environment; it uses a
 // different API key from live.
 const (
 	LiveURL = "https://rr-n1-tor.opensrs.net:55443/"

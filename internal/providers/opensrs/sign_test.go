@@ -10,7 +10,7 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
-// The test vector of opensrs.md §3 (fake key).
+// The test vector of docs/opensrs.md §3 (fake key).
 const vectorKey = "0f1e2d3c4b5a69788796a5b4c3d2e1f00f1e2d3c4b5a69788796a5b4c3d2e1f00f1e2d3c4b5a6978"
 
 var vectorBody = strings.Join([]string{

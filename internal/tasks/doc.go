@@ -1,0 +1,78 @@
+// Package tasks declares certmail's task types — the wire contract between
+// the upstream systems that enqueue resends and the workers that perform
+// them — and the handler that runs them.
+//
+// A task type is a constant, a payload struct with snake_case JSON tags, a
+// validating constructor and a handler. Types are never renamed: a breaking
+// payload change gets a new type and both are served until the old drains.
+// Payloads carry identifiers only, never a secret.
+//
+//	type                           queue     payload
+//	opensrs:resend_cert_email      opensrs   {"order_id","reference"}
+//	opensrs:resend_approve_email   opensrs   {"order_id","reference"}
+//	digicert:resend_emails         digicert  {"order_id","domain_approval_emails","locale","reference"}
+//
+// # One task through the code
+//
+//	cmd/enqueue run → Enqueuer.Enqueue (dedup mark) → asynq Client
+//	  → Redis: asynq queue opensrs | digicert
+//	  → cmd/worker serve: asynq Server → Handler.ProcessTask
+//	  → Decode → Handler.claim → outcome.Store.Claim
+//	  → InAttempt.call → ratelimit.Resender.Resend → opensrs/digicert Client.Resend
+//	  → providers.Describe → Handler.finish → outcome.Store.Record
+//	  → asynq: RetryPolicy.RetryDelay + IsFailure (retry) | SkipRetry (archive)
+//	  → dead letter: worker sweep deadletter.Service.Reconcile + Prune;
+//	    cmd/dlq → deadletter.Service.Replay | Delete
+//
+// Step by step:
+//
+// Enqueue. cmd/enqueue's run parses the flags (runSingle; runBatch for
+// JSON Lines) and calls [Enqueuer.Enqueue]. Enqueue validates the payload
+// (Payload.Validate), takes the dedup mark (a SET NX on outcome.DedupKey
+// that expires with the window and names the new task's random ID; an
+// identical request inside the window gets the first ID back) and hands
+// the task to asynq's Client.
+//
+// Redis. The task waits in its provider's asynq queue, opensrs or digicert
+// (asynq:{queue}:pending, or :scheduled when delayed; docs/asynq.md §11).
+//
+// Worker. cmd/worker's serve builds the provider clients, wraps each in
+// the shared rate limiter (limitClients → ratelimit.Wrap), and starts an
+// asynq Server (NewServerFromRedisClient with RetryPolicy.RetryDelay and
+// IsFailure) on the queues of the configured providers, with a [Handler].
+//
+// Handle. asynq calls [Handler.ProcessTask], which:
+//
+//  1. decodes the payload ([Decode]); an invalid one is dead at once;
+//  2. claims the call (Handler.claim → outcome.Store.Claim, one script):
+//     a success mark means a redelivery of a task already sent, completed
+//     without a second email; another delivery's in-flight claim sends
+//     this one back to wait for it (docs/asynq.md §2);
+//  3. calls the provider through InAttempt.call, which may retry in place
+//     only what was never sent and short rate-limit waits
+//     (docs/providers.md §2, §3). The call goes through the rate limiter
+//     (ratelimit.Resender.Resend: a wait of up to 3 s in place, a longer
+//     one comes back as rate-limited without reaching the provider) to the
+//     provider client's Resend (opensrs.Client.Resend,
+//     digicert.Client.Resend), which makes exactly one HTTP request;
+//  4. classifies the answer ([providers.Describe]: success, transient,
+//     rate_limited, permanent, configuration; docs/providers.md §1 and the
+//     tables in docs/opensrs.md §6, docs/digicert.md §4);
+//  5. records the attempt (Handler.finish → outcome.Store.Record: the
+//     attempt list, the outcomes stream, the success mark, the claim's
+//     release, and on every path where asynq will archive, the dead letter
+//     in the same round trip);
+//  6. returns what tells asynq what to do next: nil (completed, result
+//     written), a plain error (retry after [RetryPolicy.RetryDelay], budget
+//     spent), a [RateLimitError] (retry after its RetryIn; [IsFailure] keeps
+//     the budget), or an error wrapping asynq.SkipRetry (archived at once).
+//
+// Dead letters. A task asynq archives already has its record
+// (certmail:dead:<id>) from step 5. Tasks archived without passing through
+// the handler (a crashed worker's, by asynq's recoverer) are found by the
+// sweep in every worker: serve's reconcileLoop → sweep →
+// deadletter.Service.Reconcile, then deadletter.Service.Prune expires
+// records older than DEADLETTER_RETENTION (docs/asynq.md §5). Operators
+// read them with cmd/dlq and replay (deadletter.Service.Replay: a new task
+// with a fresh budget) or delete them (deadletter.Service.Delete).
+package tasks
