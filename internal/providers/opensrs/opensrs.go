@@ -54,21 +54,13 @@ type Option func(*Client) error
 // The default is LiveURL.
 func WithBaseURL(raw string) Option {
 	return func(c *Client) error {
-		u, err := parseBaseURL(raw)
+		u, err := httpx.ParseBaseURL(raw)
 		if err != nil {
-			return err
+			return fmt.Errorf("opensrs: %w", err)
 		}
 		c.baseURL = u
 		return nil
 	}
-}
-
-func parseBaseURL(raw string) (*url.URL, error) {
-	u, err := httpx.ParseBaseURL(raw)
-	if err != nil {
-		return nil, fmt.Errorf("opensrs: %w", err)
-	}
-	return u, nil
 }
 
 // WithCredentials sets the primary reseller username of the environment and
