@@ -233,7 +233,9 @@ type clients struct {
 	digicert *digicert.Client
 }
 
-// buildClients builds the client of each provider with credentials. It
+// buildClients builds the client of each provider with credentials, each
+// with a connection pool as large as the worker's concurrency so that
+// concurrent calls reuse connections instead of opening new ones. It
 // needs no Redis, so loadConfig runs it too and a bad URL or key is reported
 // as a configuration error before anything is connected.
 func buildClients(cfg *config, demo *demoEnv) (clients, error) {
@@ -243,6 +245,7 @@ func buildClients(cfg *config, demo *demoEnv) (clients, error) {
 			opensrs.WithBaseURL(cfg.opensrsURL),
 			opensrs.WithCredentials(cfg.opensrsUsername, string(cfg.opensrsKey)),
 			opensrs.WithTimeout(cfg.providerTimeout),
+			opensrs.WithMaxConns(cfg.concurrency),
 		}
 		if demo != nil {
 			opts = append(opts, opensrs.WithHTTPClient(demo.opensrs.Client()))
@@ -258,6 +261,7 @@ func buildClients(cfg *config, demo *demoEnv) (clients, error) {
 			digicert.WithBaseURL(cfg.digicertURL),
 			digicert.WithAPIKey(string(cfg.digicertKey)),
 			digicert.WithTimeout(cfg.providerTimeout),
+			digicert.WithMaxConns(cfg.concurrency),
 		}
 		if demo != nil {
 			opts = append(opts, digicert.WithHTTPClient(demo.digicert.Client()))

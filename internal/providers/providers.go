@@ -124,8 +124,11 @@ type Detail struct {
 	// RetryAfter is the provider's wait hint for RateLimited, 0 if none.
 	RetryAfter time.Duration
 	// NotSent is true only when the request provably never reached the
-	// provider (DNS failure, connection refused before writing), which is the
-	// one case where retrying inside the same attempt cannot duplicate an email.
+	// provider: no connection was ever obtained (DNS failure, connection
+	// refused, connect timeout, TLS failure) or it was refused before
+	// sending. A write that failed part-way counts as sent. This is the one
+	// case where retrying inside the same attempt cannot duplicate an email;
+	// both clients take the answer from httpx.Error.NotSent.
 	NotSent bool
 }
 

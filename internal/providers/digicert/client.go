@@ -4,14 +4,13 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"net/url"
 	"strings"
 	"time"
 
 	"github.com/certmail/certmail/internal/providers"
-	"github.com/certmail/certmail/internal/redact"
+	"github.com/certmail/certmail/internal/providers/httpx"
 )
 
 // Base URLs of the two CertCentral instances. An API key belongs to one of
@@ -29,32 +28,15 @@ const (
 	DefaultRateLimitWait = 5 * time.Second
 )
 
-const (
-	// maxBodySize is the most New's client reads of any reply.
-	maxBodySize = 1 << 20
-	dialTimeout = 10 * time.Second
-	tlsTimeout  = 10 * time.Second
-)
-
 // redacted replaces the API key wherever a value could be printed.
-const redacted = "[redacted]"
-
-// secret holds the API key. Every formatting path prints "[redacted]", so
-// the key cannot leak through logs or %v/%+v/%#v of a value holding it.
-type secret string
-
-func (secret) String() string               { return redacted }
-func (secret) GoString() string             { return redacted }
-func (secret) Format(f fmt.State, _ rune)   { _, _ = io.WriteString(f, redacted) }
-func (secret) MarshalText() ([]byte, error) { return []byte(redacted), nil }
-func (s secret) reveal() string             { return string(s) }
+const redacted = httpx.Redacted
 
 // Client calls the CertCentral Services API. Create it with New; it is safe
 // for concurrent use.
 type Client struct {
 	baseURL       *url.URL
-	apiKey        secret
-	httpClient    *http.Client
+	apiKey        httpx.Secret
+	call          *httpx.Caller
 	timeout       time.Duration
 	userAgent     string
 	rateLimitWait time.Duration
@@ -68,8 +50,9 @@ type Option func(*config) error
 
 type config struct {
 	baseURL       string
-	apiKey        secret
+	apiKey        httpx.Secret
 	httpClient    *http.Client
+	maxConns      int
 	timeout       time.Duration
 	userAgent     string
 	rateLimitWait time.Duration
@@ -99,26 +82,38 @@ func WithAPIKey(key string) Option {
 				return errors.New("digicert: API key contains control characters")
 			}
 		}
-		c.apiKey = secret(key)
+		c.apiKey = httpx.Secret(key)
 		return nil
 	}
 }
 
 // WithHTTPClient sets the HTTP client. The Client uses a shallow copy whose
 // CheckRedirect refuses to follow redirects, so the API key is never sent
-// to a redirect target. The default client has 10 s dial and TLS handshake
+// to a redirect target. A client that skips TLS verification is refused.
+// The default client (httpx.NewTransport) has 10 s dial and TLS handshake
 // timeouts and always verifies certificates.
 func WithHTTPClient(hc *http.Client) Option {
 	return func(c *config) error {
 		if hc == nil {
 			return errors.New("digicert: HTTP client is nil")
 		}
-		// TLS verification is never off: a skipped check would hand the
-		// API key to whoever answers.
-		if t, ok := hc.Transport.(*http.Transport); ok && t.TLSClientConfig != nil && t.TLSClientConfig.InsecureSkipVerify {
-			return errors.New("digicert: HTTP client skips TLS verification; refusing it")
+		if err := httpx.CheckHTTPClient(hc); err != nil {
+			return fmt.Errorf("digicert: %w", err)
 		}
 		c.httpClient = hc
+		return nil
+	}
+}
+
+// WithMaxConns sizes the connection pool: at most n connections to
+// DigiCert, all kept for reuse. Give it the number of calls that may run at
+// once (the worker's concurrency). Default httpx.DefaultMaxConns.
+func WithMaxConns(n int) Option {
+	return func(c *config) error {
+		if n < 1 {
+			return fmt.Errorf("digicert: max connections %d is less than 1", n)
+		}
+		c.maxConns = n
 		return nil
 	}
 }
@@ -180,76 +175,22 @@ func New(opts ...Option) (*Client, error) {
 	if cfg.apiKey == "" {
 		return nil, errors.New("digicert: API key is required (WithAPIKey)")
 	}
-	base, err := parseBaseURL(cfg.baseURL)
+	base, err := httpx.ParseBaseURL(cfg.baseURL)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("digicert: %w", err)
 	}
-	var hc *http.Client
-	if cfg.httpClient != nil {
-		cp := *cfg.httpClient
-		hc = &cp
-	} else {
-		hc = &http.Client{Transport: defaultTransport()}
+	call, err := httpx.New(httpx.Config{HTTPClient: cfg.httpClient, MaxConns: cfg.maxConns, Timeout: cfg.timeout})
+	if err != nil {
+		return nil, fmt.Errorf("digicert: %w", err)
 	}
-	hc.CheckRedirect = noRedirect
 	return &Client{
 		baseURL:       base,
 		apiKey:        cfg.apiKey,
-		httpClient:    hc,
+		call:          call,
 		timeout:       cfg.timeout,
 		userAgent:     cfg.userAgent,
 		rateLimitWait: cfg.rateLimitWait,
 	}, nil
-}
-
-func noRedirect(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
-
-func defaultTransport() *http.Transport {
-	t := http.DefaultTransport.(*http.Transport).Clone()
-	t.DialContext = (&net.Dialer{Timeout: dialTimeout, KeepAlive: 30 * time.Second}).DialContext
-	t.TLSHandshakeTimeout = tlsTimeout
-	// TLSClientConfig stays nil or as cloned: certificates are always verified.
-	return t
-}
-
-func parseBaseURL(raw string) (*url.URL, error) {
-	// Messages show the URL without its user info and never quote a
-	// url.Parse error: those repeat the whole URL, password included.
-	shown := redact.URL(raw)
-	u, err := url.Parse(raw)
-	if err != nil {
-		return nil, fmt.Errorf("digicert: invalid base URL %q: %s", shown, redact.URLParseError(err))
-	}
-	if u.User != nil {
-		return nil, errors.New("digicert: base URL must not contain user info")
-	}
-	if !u.IsAbs() || u.Host == "" || u.Opaque != "" {
-		return nil, fmt.Errorf("digicert: base URL %q is not an absolute URL", shown)
-	}
-	switch u.Scheme {
-	case "https":
-	case "http":
-		if !isLoopback(u.Hostname()) {
-			return nil, fmt.Errorf("digicert: base URL %q: http is allowed only for loopback hosts", shown)
-		}
-	default:
-		return nil, fmt.Errorf("digicert: base URL %q: scheme must be https", shown)
-	}
-	if u.RawQuery != "" || u.ForceQuery || u.Fragment != "" {
-		return nil, fmt.Errorf("digicert: base URL %q must not have a query or fragment", shown)
-	}
-	if !strings.HasSuffix(u.Path, "/") {
-		return nil, fmt.Errorf("digicert: base URL %q must end with a slash", shown)
-	}
-	return u, nil
-}
-
-func isLoopback(host string) bool {
-	if strings.EqualFold(host, "localhost") {
-		return true
-	}
-	ip := net.ParseIP(host)
-	return ip != nil && ip.IsLoopback()
 }
 
 // String describes the client without its API key.

@@ -2,9 +2,7 @@ package digicert
 
 import (
 	"crypto/tls"
-	"fmt"
 	"net/http"
-	"strings"
 	"testing"
 	"time"
 
@@ -71,35 +69,11 @@ func TestNewDefaults(t *testing.T) {
 	require.Equal(t, DefaultTimeout, c.timeout)
 	require.Equal(t, DefaultUserAgent, c.userAgent)
 	require.Equal(t, DefaultRateLimitWait, c.rateLimitWait)
-	require.NotNil(t, c.httpClient.CheckRedirect)
-	tr := c.httpClient.Transport.(interface{ CloseIdleConnections() })
-	require.NotNil(t, tr)
-	dt := defaultTransport()
-	require.Equal(t, 10*time.Second, dt.TLSHandshakeTimeout)
-	if dt.TLSClientConfig != nil {
-		require.False(t, dt.TLSClientConfig.InsecureSkipVerify)
-	}
 
-	// A caller's client is copied, not modified, and never follows redirects.
+	// A caller's client is copied, not modified (the transport defaults and
+	// the redirect refusal are tested in httpx).
 	hc := httpClientForTest
-	c, err = New(WithAPIKey(testKey), WithHTTPClient(&hc))
+	_, err = New(WithAPIKey(testKey), WithHTTPClient(&hc))
 	require.NoError(t, err)
 	require.Nil(t, hc.CheckRedirect)
-	require.NotSame(t, &hc, c.httpClient)
-	require.NotNil(t, c.httpClient.CheckRedirect)
-}
-
-func TestSecretFormatting(t *testing.T) {
-	t.Parallel()
-	s := secret(testKey)
-	for _, verb := range []string{"%v", "%+v", "%#v", "%s", "%q", "%x", "%d"} {
-		out := fmt.Sprintf(verb, s)
-		require.Equal(t, redacted, out, verb)
-	}
-	require.Equal(t, redacted, s.String())
-	require.Equal(t, redacted, s.GoString())
-	text, err := s.MarshalText()
-	require.NoError(t, err)
-	require.Equal(t, redacted, string(text))
-	require.False(t, strings.Contains(fmt.Sprint(struct{ K secret }{s}), testKey))
 }

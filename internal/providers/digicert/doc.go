@@ -10,6 +10,11 @@
 // whether to retry, wait, dead-letter or alert. The client implements
 // providers.Resender.
 //
+// The HTTP call itself (connection pool, timeouts, TLS policy, redirects,
+// the 1 MiB reply cap, whether a failed request may have been sent) is
+// package httpx, shared with the OpenSRS client; this package keeps the
+// JSON wire format and DigiCert's error classification.
+//
 // Vendor documentation:
 // https://dev.digicert.com/en/certcentral-apis/services-api/orders/dv-ssl--resend-emails.html
 //

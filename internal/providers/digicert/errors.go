@@ -2,21 +2,16 @@ package digicert
 
 import (
 	"bytes"
-	"context"
-	"crypto/tls"
-	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"net"
 	"net/http"
-	"net/url"
 	"strconv"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/certmail/certmail/internal/providers"
+	"github.com/certmail/certmail/internal/providers/httpx"
 )
 
 // ErrInvalidRequest is wrapped by errors for requests rejected before
@@ -223,57 +218,21 @@ func splitCode(code string) (base, rest string) {
 	return code, ""
 }
 
-// transportError classifies an error from http.Client.Do or from reading the
-// body. parent is the caller's context; wrote says whether the transport
-// reported writing the request.
-func transportError(parent context.Context, err error, wrote bool, timeout time.Duration) *Error {
-	e := &Error{Class: providers.Transient, Err: unwrapURLError(err)}
-	switch {
-	case isTLSVerifyError(err):
+// transportError classifies a call that got no reply. The layer decided
+// NotSent; DigiCert's part is the class: a rejected certificate or a request
+// that cannot be built is configuration, anything else transient.
+func transportError(he *httpx.Error, timeout time.Duration) *Error {
+	e := &Error{Class: providers.Transient, NotSent: he.NotSent, Err: he.Err}
+	if he.Build || he.TLSVerify() {
 		e.Class = providers.Configuration
-		e.NotSent = !wrote
-	case isDialError(err):
-		e.NotSent = !wrote
 	}
-	if cerr := parent.Err(); cerr != nil {
+	if cerr := he.Canceled; cerr != nil {
 		// The caller gave up: keep ctx.Err() in the chain for errors.Is.
 		if !errors.Is(e.Err, cerr) {
 			e.Err = fmt.Errorf("%w: %w", cerr, e.Err)
 		}
-	} else if errors.Is(err, context.DeadlineExceeded) {
+	} else if he.TimedOut {
 		e.Err = fmt.Errorf("timed out after %s: %w", timeout, e.Err)
 	}
 	return e
-}
-
-// unwrapURLError drops the *url.Error wrapper, whose text repeats the
-// method and URL, keeping the cause.
-func unwrapURLError(err error) error {
-	var ue *url.Error
-	if errors.As(err, &ue) && ue.Err != nil {
-		return ue.Err
-	}
-	return err
-}
-
-func isDialError(err error) bool {
-	var dnsErr *net.DNSError
-	if errors.As(err, &dnsErr) {
-		return true
-	}
-	var opErr *net.OpError
-	if errors.As(err, &opErr) && opErr.Op == "dial" {
-		return true
-	}
-	return errors.Is(err, syscall.ECONNREFUSED)
-}
-
-func isTLSVerifyError(err error) bool {
-	var (
-		verr *tls.CertificateVerificationError
-		uerr x509.UnknownAuthorityError
-		herr x509.HostnameError
-		cerr x509.CertificateInvalidError
-	)
-	return errors.As(err, &verr) || errors.As(err, &uerr) || errors.As(err, &herr) || errors.As(err, &cerr)
 }

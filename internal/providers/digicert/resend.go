@@ -1,19 +1,15 @@
 package digicert
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net/http"
-	"net/http/httptrace"
 	"net/url"
-	"sync/atomic"
-	"time"
 
 	"github.com/certmail/certmail/internal/providers"
+	"github.com/certmail/certmail/internal/providers/httpx"
 )
 
 // ResendEmailsRequest is the body of the resend-emails call. Both fields are
@@ -117,46 +113,31 @@ func validate(orderID string, body ResendEmailsRequest) error {
 	return nil
 }
 
-// do sends one request with the client's timeout and turns the reply into a
-// *Response or an *Error via checkResponse.
+// do sends one request through the shared call layer and turns the reply
+// into a *Response or an *Error via checkResponse.
 func (c *Client) do(ctx context.Context, method string, u *url.URL, payload []byte) (*Response, error) {
-	if err := ctx.Err(); err != nil {
-		return nil, &Error{Class: providers.Transient, NotSent: true, Err: err}
-	}
-	callCtx, cancel := context.WithTimeout(ctx, c.timeout)
-	defer cancel()
-
-	var wrote atomic.Bool
-	callCtx = httptrace.WithClientTrace(callCtx, &httptrace.ClientTrace{
-		// Called after the request was written, even when writing failed
-		// part-way; either way it may have reached the server.
-		WroteRequest: func(httptrace.WroteRequestInfo) { wrote.Store(true) },
-	})
-
-	req, err := http.NewRequestWithContext(callCtx, method, u.String(), bytes.NewReader(payload))
+	h := http.Header{}
+	h.Set("X-DC-DEVKEY", c.apiKey.Reveal())
+	h.Set("Content-Type", "application/json")
+	h.Set("Accept", "application/json")
+	h.Set("User-Agent", c.userAgent)
+	rep, err := c.call.Do(ctx, method, u.String(), h, payload)
 	if err != nil {
-		return nil, &Error{Class: providers.Configuration, NotSent: true, Err: err}
+		var he *httpx.Error
+		if !errors.As(err, &he) {
+			return nil, &Error{Class: providers.Transient, Err: err}
+		}
+		return nil, transportError(he, c.timeout)
 	}
-	req.Header.Set("X-DC-DEVKEY", c.apiKey.reveal())
-	req.Header.Set("Content-Type", "application/json")
-	req.Header.Set("Accept", "application/json")
-	req.Header.Set("User-Agent", c.userAgent)
-
-	resp, err := c.httpClient.Do(req)
-	if err != nil {
-		return nil, transportError(ctx, err, wrote.Load(), c.timeout)
-	}
-	defer resp.Body.Close()
-	return c.checkResponse(ctx, resp)
+	return c.checkResponse(rep)
 }
 
-// checkResponse reads at most 1 MiB of the reply and returns a *Response for
-// 2xx, otherwise a classified *Error with every decoded error entry.
-func (c *Client) checkResponse(ctx context.Context, resp *http.Response) (*Response, error) {
-	out := &Response{StatusCode: resp.StatusCode, Header: resp.Header}
-	status := resp.StatusCode
-	body, readErr := io.ReadAll(io.LimitReader(resp.Body, maxBodySize+1))
-	if len(body) > maxBodySize {
+// checkResponse returns a *Response for a 2xx reply, otherwise a classified
+// *Error with every decoded error entry.
+func (c *Client) checkResponse(rep *httpx.Reply) (*Response, error) {
+	out := &Response{StatusCode: rep.StatusCode, Header: rep.Header}
+	status := rep.StatusCode
+	if rep.TooLarge {
 		class := providers.Permanent
 		if status >= 500 {
 			class = providers.Transient
@@ -164,13 +145,14 @@ func (c *Client) checkResponse(ctx context.Context, resp *http.Response) (*Respo
 		return out, &Error{
 			StatusCode: status,
 			Class:      class,
-			Err:        fmt.Errorf("response body exceeds %d bytes (1 MiB)", maxBodySize),
+			Err:        fmt.Errorf("response body exceeds %d bytes (1 MiB)", httpx.MaxBodySize),
 		}
 	}
 	if status >= 200 && status < 300 {
 		// The status decides; the body of a 2xx is never decoded.
 		return out, nil
 	}
+	body := rep.Body
 	e := &Error{StatusCode: status}
 	if len(body) > 0 {
 		e.Body = body
@@ -178,20 +160,20 @@ func (c *Client) checkResponse(ctx context.Context, resp *http.Response) (*Respo
 	e.Errors, _ = decodeErrors(body)
 	e.Class = classify(status, e.Errors)
 	switch {
-	case readErr != nil:
-		e.Err = fmt.Errorf("reading body: %w", readErr)
-		if cerr := ctx.Err(); cerr != nil && !errors.Is(readErr, cerr) {
+	case rep.ReadErr != nil:
+		e.Err = fmt.Errorf("reading body: %w", rep.ReadErr.Err)
+		if cerr := rep.ReadErr.Canceled; cerr != nil && !errors.Is(rep.ReadErr.Err, cerr) {
 			e.Err = fmt.Errorf("%w: %w", cerr, e.Err)
 		}
 	case status >= 300 && status < 400:
-		if loc := resp.Header.Get("Location"); loc != "" {
+		if loc := rep.Header.Get("Location"); loc != "" {
 			e.Err = fmt.Errorf("redirect to %q not followed", loc)
 		} else {
 			e.Err = fmt.Errorf("redirect not followed")
 		}
 	}
 	if e.Class == providers.RateLimited {
-		if d, ok := providers.ParseRetryAfter(resp.Header.Get("Retry-After"), time.Now()); ok {
+		if d, ok := rep.RetryAfter(); ok {
 			e.RetryAfter = d
 		} else {
 			e.RetryAfter = c.rateLimitWait

@@ -24,6 +24,7 @@ import (
 
 	"github.com/certmail/certmail/internal/providers"
 	"github.com/certmail/certmail/internal/providers/digicert/digicerttest"
+	"github.com/certmail/certmail/internal/providers/httpx"
 )
 
 // dumpRequest renders the request as received, with the key checked and
@@ -372,11 +373,11 @@ func TestOversizedReply(t *testing.T) {
 		wantErr   bool
 		tooLarge  bool
 	}{
-		{name: "ServiceUnavailable", status: 503, size: maxBodySize + 1, wantClass: providers.Transient, wantErr: true, tooLarge: true},
-		{name: "BadRequest", status: 400, size: 3 * maxBodySize, wantClass: providers.Permanent, wantErr: true, tooLarge: true},
-		{name: "OK", status: 200, size: maxBodySize + 1, wantClass: providers.Permanent, wantErr: true, tooLarge: true},
-		{name: "BadRequestExactlyLimit", status: 400, size: maxBodySize, wantClass: providers.Permanent, wantErr: true},
-		{name: "OKExactlyLimit", status: 200, size: maxBodySize, wantClass: providers.Success},
+		{name: "ServiceUnavailable", status: 503, size: httpx.MaxBodySize + 1, wantClass: providers.Transient, wantErr: true, tooLarge: true},
+		{name: "BadRequest", status: 400, size: 3 * httpx.MaxBodySize, wantClass: providers.Permanent, wantErr: true, tooLarge: true},
+		{name: "OK", status: 200, size: httpx.MaxBodySize + 1, wantClass: providers.Permanent, wantErr: true, tooLarge: true},
+		{name: "BadRequestExactlyLimit", status: 400, size: httpx.MaxBodySize, wantClass: providers.Permanent, wantErr: true},
+		{name: "OKExactlyLimit", status: 200, size: httpx.MaxBodySize, wantClass: providers.Success},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -536,55 +537,51 @@ func TestTLS(t *testing.T) {
 	})
 }
 
+// TestTransportErrorClassification: the layer decides NotSent and whether
+// the caller gave up or the call timed out; DigiCert keeps both and adds the
+// class. The NotSent rule itself is tested in httpx and, end to end for both
+// clients, in package providers.
 func TestTransportErrorClassification(t *testing.T) {
 	t.Parallel()
-	cancelled, cancel := context.WithCancel(context.Background())
-	cancel()
 	dial := &net.OpError{Op: "dial", Net: "tcp", Err: syscall.ECONNREFUSED}
 	reset := &net.OpError{Op: "read", Net: "tcp", Err: syscall.ECONNRESET}
 	tests := []struct {
-		name        string
-		ctx         context.Context
-		err         error
-		wrote       bool
-		wantClass   providers.Class
-		wantNotSent bool
-		wantIs      error
+		name      string
+		in        httpx.Error
+		wantClass providers.Class
+		wantIs    error
+		wantText  string
 	}{
-		{name: "DNS", err: &net.DNSError{Err: "no such host", Name: "x.invalid", IsNotFound: true}, wantClass: providers.Transient, wantNotSent: true},
-		{name: "Dial", err: dial, wantClass: providers.Transient, wantNotSent: true, wantIs: syscall.ECONNREFUSED},
-		{name: "DialAfterWrite", err: dial, wrote: true, wantClass: providers.Transient},
-		{name: "ResetAfterWrite", err: reset, wrote: true, wantClass: providers.Transient, wantIs: syscall.ECONNRESET},
-		{name: "ResetWithoutTrace", err: reset, wantClass: providers.Transient},
-		{name: "EOF", err: io.ErrUnexpectedEOF, wrote: true, wantClass: providers.Transient},
-		{name: "UnknownAuthority", err: x509.UnknownAuthorityError{}, wantClass: providers.Configuration, wantNotSent: true},
-		{name: "Hostname", err: x509.HostnameError{Certificate: &x509.Certificate{}, Host: "x"}, wantClass: providers.Configuration, wantNotSent: true},
-		{name: "Expired", err: &tls.CertificateVerificationError{Err: x509.CertificateInvalidError{Reason: x509.Expired}}, wantClass: providers.Configuration, wantNotSent: true},
-		{name: "Cancelled", ctx: cancelled, err: errors.New("net/http: request canceled"), wrote: true, wantClass: providers.Transient, wantIs: context.Canceled},
-		{name: "OwnDeadline", err: context.DeadlineExceeded, wrote: true, wantClass: providers.Transient, wantIs: context.DeadlineExceeded},
+		{name: "DNS", in: httpx.Error{Err: &net.DNSError{Err: "no such host", Name: "x.invalid", IsNotFound: true}, NotSent: true},
+			wantClass: providers.Transient, wantText: "digicert: request not sent: lookup x.invalid: no such host (transient)"},
+		{name: "Dial", in: httpx.Error{Err: dial, NotSent: true}, wantClass: providers.Transient, wantIs: syscall.ECONNREFUSED},
+		{name: "ResetAfterWrite", in: httpx.Error{Err: reset}, wantClass: providers.Transient, wantIs: syscall.ECONNRESET,
+			wantText: "digicert: request failed: read tcp: connection reset by peer (transient)"},
+		{name: "UnknownAuthority", in: httpx.Error{Err: x509.UnknownAuthorityError{}, NotSent: true}, wantClass: providers.Configuration},
+		{name: "Hostname", in: httpx.Error{Err: x509.HostnameError{Certificate: &x509.Certificate{}, Host: "x"}, NotSent: true}, wantClass: providers.Configuration},
+		{name: "Expired", in: httpx.Error{Err: &tls.CertificateVerificationError{Err: x509.CertificateInvalidError{Reason: x509.Expired}}, NotSent: true}, wantClass: providers.Configuration},
+		{name: "Build", in: httpx.Error{Err: errors.New("bad header"), NotSent: true, Build: true}, wantClass: providers.Configuration},
+		{name: "Cancelled", in: httpx.Error{Err: errors.New("net/http: request canceled"), Canceled: context.Canceled}, wantClass: providers.Transient, wantIs: context.Canceled,
+			wantText: "digicert: request failed: context canceled: net/http: request canceled (transient)"},
+		{name: "OwnDeadline", in: httpx.Error{Err: context.DeadlineExceeded, TimedOut: true}, wantClass: providers.Transient, wantIs: context.DeadlineExceeded,
+			wantText: "digicert: request failed: timed out after 1s: context deadline exceeded (transient)"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			ctx := tc.ctx
-			if ctx == nil {
-				ctx = t.Context()
-			}
-			e := transportError(ctx, &urlErr{tc.err}, tc.wrote, time.Second)
+			in := tc.in
+			e := transportError(&in, time.Second)
 			require.Equal(t, tc.wantClass, e.Class)
-			require.Equal(t, tc.wantNotSent, e.NotSent)
+			require.Equal(t, tc.in.NotSent, e.NotSent)
 			if tc.wantIs != nil {
 				require.ErrorIs(t, e, tc.wantIs)
+			}
+			if tc.wantText != "" {
+				require.Equal(t, tc.wantText, e.Error())
 			}
 		})
 	}
 }
-
-// urlErr wraps like *url.Error without its text, to exercise errors.As paths.
-type urlErr struct{ err error }
-
-func (u *urlErr) Error() string { return "Put: " + u.err.Error() }
-func (u *urlErr) Unwrap() error { return u.err }
 
 func TestRequestValidation(t *testing.T) {
 	t.Parallel()

@@ -12,6 +12,11 @@
 // The API key is never printed: not in errors, not in String/GoString of the
 // Client.
 //
+// The HTTP call itself (connection pool, timeouts, TLS policy, redirects,
+// the 1 MiB reply cap, whether a failed request may have been sent) is
+// package httpx, shared with the DigiCert client; this package keeps the
+// OPS envelope, its signature and OpenSRS's error classification.
+//
 // Vendor documentation: https://domains.opensrs.guide/docs/resend_cert_email
 // and https://domains.opensrs.guide/docs/resend_approve_email .
 package opensrs

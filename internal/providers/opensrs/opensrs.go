@@ -1,25 +1,18 @@
 package opensrs
 
 import (
-	"bytes"
 	"context"
-	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
-	"net/http/httptrace"
-	"net/netip"
 	"net/url"
 	"strings"
-	"sync/atomic"
 	"time"
 	"unicode/utf8"
 
 	"github.com/certmail/certmail/internal/providers"
-	"github.com/certmail/certmail/internal/redact"
+	"github.com/certmail/certmail/internal/providers/httpx"
 )
 
 // Endpoints (docs/opensrs.md §1). Horizon is the test environment; it uses a
@@ -33,46 +26,20 @@ const (
 const (
 	DefaultTimeout   = 90 * time.Second
 	DefaultUserAgent = "certmail-opensrs/1"
-	dialTimeout      = 10 * time.Second
-	tlsTimeout       = 10 * time.Second
-	maxReplySize     = 1 << 20
 	objectTrust      = "trust_service"
 	actionCert       = "resend_cert_email"
 	actionApprove    = "resend_approve_email"
 	snippetLen       = 200
 )
 
-// secret holds the API key. The Client keeps a pointer to it, so printing a
-// Client value shows an address, and every fmt verb on the secret itself
-// prints [redacted].
-type secret struct{ key string }
-
-func (*secret) String() string             { return "[redacted]" }
-func (*secret) GoString() string           { return "[redacted]" }
-func (*secret) Format(f fmt.State, _ rune) { _, _ = io.WriteString(f, "[redacted]") }
-
-func (s *secret) reveal() string {
-	if s == nil {
-		return ""
-	}
-	return s.key
-}
-
-func (s *secret) redact(text string) string { return redactKey(text, s.reveal()) }
-
-func redactKey(text, key string) string {
-	if key == "" {
-		return text
-	}
-	return strings.ReplaceAll(text, key, "[redacted]")
-}
-
 // Client calls the OpenSRS XCP API. It is safe for concurrent use.
 type Client struct {
 	baseURL   *url.URL
 	username  string
-	apiKey    *secret
-	hc        *http.Client
+	apiKey    httpx.Secret
+	hc        *http.Client // the caller's (WithHTTPClient), nil for the default
+	maxConns  int
+	call      *httpx.Caller
 	timeout   time.Duration
 	userAgent string
 }
@@ -87,51 +54,13 @@ type Option func(*Client) error
 // The default is LiveURL.
 func WithBaseURL(raw string) Option {
 	return func(c *Client) error {
-		u, err := parseBaseURL(raw)
+		u, err := httpx.ParseBaseURL(raw)
 		if err != nil {
-			return err
+			return fmt.Errorf("opensrs: %w", err)
 		}
 		c.baseURL = u
 		return nil
 	}
-}
-
-func parseBaseURL(raw string) (*url.URL, error) {
-	// Messages show the URL without its user info and never quote a
-	// url.Parse error: those repeat the whole URL, password included.
-	shown := redact.URL(raw)
-	u, err := url.Parse(raw)
-	if err != nil {
-		return nil, fmt.Errorf("opensrs: invalid base URL %q: %s", shown, redact.URLParseError(err))
-	}
-	switch {
-	case !u.IsAbs() || u.Host == "" || u.Hostname() == "":
-		return nil, fmt.Errorf("opensrs: base URL %q is not absolute", shown)
-	case u.User != nil:
-		return nil, fmt.Errorf("opensrs: base URL %q must not contain credentials", shown)
-	case u.RawQuery != "" || u.Fragment != "":
-		return nil, fmt.Errorf("opensrs: base URL %q must not have a query or fragment", shown)
-	case !strings.HasSuffix(u.Path, "/"):
-		return nil, fmt.Errorf("opensrs: base URL %q must end in \"/\"", shown)
-	}
-	switch u.Scheme {
-	case "https":
-	case "http":
-		if !isLoopback(u.Hostname()) {
-			return nil, fmt.Errorf("opensrs: base URL %q must use https (http only for loopback hosts)", shown)
-		}
-	default:
-		return nil, fmt.Errorf("opensrs: base URL %q must use https", shown)
-	}
-	return u, nil
-}
-
-func isLoopback(host string) bool {
-	if strings.EqualFold(host, "localhost") {
-		return true
-	}
-	ip, err := netip.ParseAddr(host)
-	return err == nil && ip.IsLoopback()
 }
 
 // WithCredentials sets the primary reseller username of the environment and
@@ -149,7 +78,7 @@ func WithCredentials(username, apiKey string) Option {
 				return errors.New("opensrs: API key must be printable ASCII without spaces")
 			}
 		}
-		c.username, c.apiKey = username, &secret{apiKey}
+		c.username, c.apiKey = username, httpx.Secret(apiKey)
 		return nil
 	}
 }
@@ -173,12 +102,23 @@ func WithHTTPClient(hc *http.Client) Option {
 		if hc == nil {
 			return errors.New("opensrs: nil HTTP client")
 		}
-		if t, ok := hc.Transport.(*http.Transport); ok && t.TLSClientConfig != nil && t.TLSClientConfig.InsecureSkipVerify {
-			return errors.New("opensrs: HTTP client skips TLS verification; refusing it")
+		if err := httpx.CheckHTTPClient(hc); err != nil {
+			return fmt.Errorf("opensrs: %w", err)
 		}
-		cp := *hc
-		cp.CheckRedirect = noRedirect
-		c.hc = &cp
+		c.hc = hc
+		return nil
+	}
+}
+
+// WithMaxConns sizes the connection pool: at most n connections to OpenSRS,
+// all kept for reuse. Give it the number of calls that may run at once (the
+// worker's concurrency). Default httpx.DefaultMaxConns.
+func WithMaxConns(n int) Option {
+	return func(c *Client) error {
+		if n < 1 {
+			return fmt.Errorf("opensrs: max connections must be at least 1, got %d", n)
+		}
+		c.maxConns = n
 		return nil
 	}
 }
@@ -206,8 +146,6 @@ func WithUserAgent(ua string) Option {
 	}
 }
 
-func noRedirect(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
-
 // New returns a client. WithCredentials is required.
 func New(opts ...Option) (*Client, error) {
 	base, _ := url.Parse(LiveURL)
@@ -220,21 +158,15 @@ func New(opts ...Option) (*Client, error) {
 			return nil, err
 		}
 	}
-	if c.username == "" || c.apiKey.reveal() == "" {
+	if c.username == "" || c.apiKey == "" {
 		return nil, errors.New("opensrs: credentials are required (WithCredentials)")
 	}
-	if c.hc == nil {
-		c.hc = defaultHTTPClient()
+	call, err := httpx.New(httpx.Config{HTTPClient: c.hc, MaxConns: c.maxConns, Timeout: c.timeout})
+	if err != nil {
+		return nil, fmt.Errorf("opensrs: %w", err)
 	}
+	c.call = call
 	return c, nil
-}
-
-func defaultHTTPClient() *http.Client {
-	t := http.DefaultTransport.(*http.Transport).Clone()
-	t.DialContext = (&net.Dialer{Timeout: dialTimeout, KeepAlive: 30 * time.Second}).DialContext
-	t.TLSHandshakeTimeout = tlsTimeout
-	t.TLSClientConfig = &tls.Config{MinVersion: tls.VersionTLS12}
-	return &http.Client{Transport: t, CheckRedirect: noRedirect}
 }
 
 // String describes the client without its API key.
@@ -298,85 +230,54 @@ func (c *Client) Resend(ctx context.Context, req providers.Request) (providers.R
 	}, nil
 }
 
-// traceState records how far the request got, from httptrace callbacks that
-// run on transport goroutines.
-type traceState struct {
-	gotConn   atomic.Bool
-	wrote     atomic.Bool
-	wroteFail atomic.Bool
-}
-
-// notSent reports whether the request provably never reached the server: no
-// connection was obtained, or writing it failed. A request whose write was
-// not yet reported counts as sent (the bytes may be on the wire).
-func (s *traceState) notSent() bool {
-	return !s.gotConn.Load() || s.wroteFail.Load()
-}
-
-// do makes the one HTTP request of a call and interprets the reply.
+// do makes the one HTTP request of a call through the shared call layer and
+// interprets the reply.
 func (c *Client) do(ctx context.Context, action, orderID string) (*Reply, error) {
 	body, err := encodeRequest(action, objectTrust, assoc{{"order_id", orderID}})
 	if err != nil {
 		return nil, &APIError{Class: providers.Permanent, Message: "encoding request: " + err.Error(), NotSent: true, Err: err}
 	}
-	if err := ctx.Err(); err != nil {
-		return nil, c.cancelled(err, nil, true)
-	}
-	callCtx, cancel := context.WithTimeout(ctx, c.timeout)
-	defer cancel()
-	var st traceState
-	callCtx = httptrace.WithClientTrace(callCtx, &httptrace.ClientTrace{
-		GotConn: func(httptrace.GotConnInfo) { st.gotConn.Store(true) },
-		WroteRequest: func(info httptrace.WroteRequestInfo) {
-			if info.Err != nil {
-				st.wroteFail.Store(true)
-			} else {
-				st.wrote.Store(true)
-			}
-		},
-	})
-	req, err := http.NewRequestWithContext(callCtx, http.MethodPost, c.baseURL.String(), bytes.NewReader(body))
+	h := http.Header{}
+	h.Set("Content-Type", "text/xml")
+	h.Set("X-Username", c.username)
+	h.Set("X-Signature", Sign(body, c.apiKey.Reveal()))
+	h.Set("User-Agent", c.userAgent)
+	h.Set("Accept", "text/xml")
+	rep, err := c.call.Do(ctx, http.MethodPost, c.baseURL.String(), h, body)
 	if err != nil {
-		return nil, &APIError{Class: providers.Configuration, Message: "building request: " + c.apiKey.redact(err.Error()), NotSent: true, Err: err}
-	}
-	req.Header.Set("Content-Type", "text/xml")
-	req.Header.Set("X-Username", c.username)
-	req.Header.Set("X-Signature", Sign(body, c.apiKey.reveal()))
-	req.Header.Set("User-Agent", c.userAgent)
-	req.Header.Set("Accept", "text/xml")
-
-	resp, err := c.hc.Do(req)
-	if err != nil {
-		return nil, c.transportError(ctx, callCtx, err, &st)
-	}
-	defer resp.Body.Close()
-	data, err := io.ReadAll(io.LimitReader(resp.Body, maxReplySize+1))
-	if err != nil {
-		if ctxErr := ctx.Err(); ctxErr != nil {
-			return nil, c.cancelled(ctxErr, err, false)
+		var he *httpx.Error
+		if !errors.As(err, &he) {
+			return nil, &APIError{Class: providers.Transient, Message: c.apiKey.Scrub(err.Error()), Err: err}
 		}
-		e := &APIError{StatusCode: resp.StatusCode, Class: providers.Transient, Err: err,
-			Message: "reading reply: " + c.apiKey.redact(innerError(err).Error())}
-		if callCtx.Err() != nil {
+		return nil, c.transportError(he)
+	}
+	if re := rep.ReadErr; re != nil {
+		if re.Canceled != nil {
+			return nil, c.cancelled(re.Canceled, re.Err, false)
+		}
+		e := &APIError{StatusCode: rep.StatusCode, Class: providers.Transient, Err: re.Err,
+			Message: "reading reply: " + c.apiKey.Scrub(re.Err.Error())}
+		if re.TimedOut {
 			e.Message = fmt.Sprintf("no complete reply within %v", c.timeout)
 		}
 		return nil, e
 	}
-	if len(data) > maxReplySize {
+	if rep.TooLarge {
 		class := providers.Permanent
-		if resp.StatusCode >= 500 {
+		if rep.StatusCode >= 500 {
 			class = providers.Transient
 		}
-		return nil, &APIError{StatusCode: resp.StatusCode, Class: class, Message: "reply larger than 1 MiB"}
+		return nil, &APIError{StatusCode: rep.StatusCode, Class: class, Message: "reply larger than 1 MiB"}
 	}
-	return c.checkResponse(resp, data)
+	return c.checkResponse(rep)
 }
 
 // checkResponse turns an HTTP response and its body into a Reply or an
 // *APIError. An OPS reply decides by is_success whatever the HTTP status;
 // without one the HTTP status decides: 5xx transient, anything else
 // (including a 2xx with an unreadable body) permanent.
-func (c *Client) checkResponse(resp *http.Response, data []byte) (*Reply, error) {
+func (c *Client) checkResponse(resp *httpx.Reply) (*Reply, error) {
+	data := resp.Body
 	rep, derr := decodeReply(data)
 	if derr == nil {
 		rep.StatusCode = resp.StatusCode
@@ -386,7 +287,7 @@ func (c *Client) checkResponse(resp *http.Response, data []byte) (*Reply, error)
 		e := &APIError{
 			StatusCode: resp.StatusCode,
 			Code:       rep.ResponseCode,
-			Message:    c.apiKey.redact(rep.Message()),
+			Message:    c.apiKey.Scrub(rep.Message()),
 			Class:      ClassifyCode(rep.ResponseCode, rep.ResponseText),
 		}
 		if e.Code == "" {
@@ -398,48 +299,47 @@ func (c *Client) checkResponse(resp *http.Response, data []byte) (*Reply, error)
 			}
 		}
 		if e.Class == providers.RateLimited {
-			e.RetryAfter = retryAfter(resp.Header.Get("Retry-After"))
+			e.RetryAfter, _ = resp.RetryAfter()
 		}
 		return rep, e
 	}
-	e := &APIError{StatusCode: resp.StatusCode, Err: derr, Message: c.apiKey.redact(snippet(data))}
+	e := &APIError{StatusCode: resp.StatusCode, Err: derr, Message: c.apiKey.Scrub(snippet(data))}
 	switch {
 	case resp.StatusCode >= 500:
 		e.Class = providers.Transient
 	case resp.StatusCode >= 200 && resp.StatusCode < 300:
 		e.Class = providers.Permanent
-		e.Message = "malformed OPS reply: " + c.apiKey.redact(derr.Error())
+		e.Message = "malformed OPS reply: " + c.apiKey.Scrub(derr.Error())
 	default:
 		e.Class = providers.Permanent
 	}
 	if resp.StatusCode == http.StatusTooManyRequests {
 		e.Class = providers.RateLimited
-		e.RetryAfter = retryAfter(resp.Header.Get("Retry-After"))
+		e.RetryAfter, _ = resp.RetryAfter()
 	}
 	return nil, e
 }
 
-// transportError classifies a failed http.Client.Do.
-func (c *Client) transportError(parent, callCtx context.Context, err error, st *traceState) error {
-	notSent := st.notSent()
-	if ctxErr := parent.Err(); ctxErr != nil {
-		return c.cancelled(ctxErr, err, notSent)
+// transportError classifies a call that got no reply. The layer decided
+// NotSent; OpenSRS's part is the class and the words.
+func (c *Client) transportError(he *httpx.Error) error {
+	notSent := he.NotSent
+	if he.Canceled != nil {
+		return c.cancelled(he.Canceled, he.Err, notSent)
 	}
-	inner := innerError(err)
-	msg := c.apiKey.redact(inner.Error())
-	e := &APIError{Class: providers.Transient, NotSent: notSent, Err: err}
-	var certErr *tls.CertificateVerificationError
-	var unknownCA x509.UnknownAuthorityError
-	var hostErr x509.HostnameError
-	var invalid x509.CertificateInvalidError
+	msg := c.apiKey.Scrub(he.Err.Error())
+	e := &APIError{Class: providers.Transient, NotSent: notSent, Err: he.Err}
 	switch {
-	case callCtx.Err() != nil:
+	case he.Build:
+		e.Class = providers.Configuration
+		e.Message = "building request: " + msg
+	case he.TimedOut:
 		if notSent {
 			e.Message = fmt.Sprintf("request not sent: no connection within %v: %s", c.timeout, msg)
 		} else {
 			e.Message = fmt.Sprintf("no reply within %v (the email may have been sent)", c.timeout)
 		}
-	case errors.As(err, &certErr) || errors.As(err, &unknownCA) || errors.As(err, &hostErr) || errors.As(err, &invalid):
+	case he.TLSVerify():
 		e.Class = providers.Configuration
 		e.Message = "TLS certificate verification failed: " + msg + "; check the base URL and the system trust store (verification is never disabled)"
 	case isBareXML(msg):
@@ -488,15 +388,6 @@ func isBareXML(msg string) bool {
 	return false
 }
 
-// innerError strips the *url.Error wrapper ("Post \"https://…\": …").
-func innerError(err error) error {
-	var ue *url.Error
-	if errors.As(err, &ue) && ue.Err != nil {
-		return ue.Err
-	}
-	return err
-}
-
 func snippet(data []byte) string {
 	s := strings.TrimSpace(string(data))
 	if len(s) > snippetLen {
@@ -507,11 +398,4 @@ func snippet(data []byte) string {
 		s += "…"
 	}
 	return strings.ToValidUTF8(s, "\uFFFD")
-}
-
-// retryAfter is the Retry-After hint, 0 (none: the worker's default wait)
-// when absent or malformed.
-func retryAfter(v string) time.Duration {
-	d, _ := providers.ParseRetryAfter(v, time.Now())
-	return d
 }
