@@ -22,6 +22,10 @@ func DecodeLine(line []byte) (Payload, error) {
 	dec := json.NewDecoder(bytes.NewReader(line))
 	var fields map[string]json.RawMessage
 	if err := dec.Decode(&fields); err != nil {
+		var te *json.UnmarshalTypeError
+		if errors.As(err, &te) {
+			return nil, fmt.Errorf("invalid JSON: want an object, got %s", te.Value)
+		}
 		return nil, fmt.Errorf("invalid JSON: %v", err)
 	}
 	if dec.More() {
