@@ -197,7 +197,7 @@ func TestDecodeLine(t *testing.T) {
 		{"bad provider", `{"provider":"sectigo","order_id":"1"}`, nil, `provider: must be opensrs or digicert, got "sectigo"`},
 		{"provider not a string", `{"provider":1,"order_id":"1"}`, nil, "invalid JSON"},
 		{"type of another provider", `{"provider":"digicert","order_id":"1","type":"opensrs:resend_cert_email"}`, nil, `type: "opensrs:resend_cert_email" is not a digicert task type`},
-		{"unknown type", `{"provider":"opensrs","order_id":"1","type":"opensrs:frob"}`, nil, `type: "opensrs:frob" is not an opensrs task type`},
+		{"unknown type", `{"provider":"opensrs","order_id":"1","type":"opensrs:frob"}`, nil, `type: "opensrs:frob" is not an opensrs task type (want opensrs:resend_cert_email or opensrs:resend_approve_email)`},
 		{"order id number", `{"provider":"opensrs","order_id":1799}`, nil, "invalid JSON"},
 		{"two values", `{"provider":"opensrs","order_id":"1"} {}`, nil, "more than one value"},
 		{"array", `[1]`, nil, "invalid JSON"},

@@ -106,7 +106,13 @@ func lineKind(provider, typ string) (Kind, error) {
 			return k, nil
 		}
 	}
-	return Kind{}, fmt.Errorf("type: %q is not a%s %s task type", typ, article(provider), provider)
+	var types []string
+	for _, k := range kinds {
+		if string(k.Provider) == provider {
+			types = append(types, k.Type)
+		}
+	}
+	return Kind{}, fmt.Errorf("type: %q is not a%s %s task type (want %s)", typ, article(provider), provider, OrList(types))
 }
 
 // article keeps "an opensrs task type" readable.
