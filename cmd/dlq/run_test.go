@@ -794,10 +794,10 @@ func deadOne(ctx context.Context, e *testEnv, client *asynq.Client, i int) error
 	}
 	at := time.Now()
 	return e.store.Record(ctx,
-		outcome.Attempt{TaskID: info.ID, Type: task.Type(), Queue: info.Queue, Provider: info.Queue, OrderID: p.OrderID,
-			Reference: p.Reference, Attempt: 1, Outcome: outcome.Dead, Class: "permanent", HTTPStatus: 404,
+		outcome.Attempt{TaskID: info.ID, Type: task.Type(), Queue: info.Queue, Provider: info.Queue, OrderID: p.Order(),
+			Reference: p.Ref(), Attempt: 1, Outcome: outcome.Dead, Class: "permanent", HTTPStatus: 404,
 			Error: "order not found", At: at},
-		&outcome.DeadLetter{ID: info.ID, Type: task.Type(), Queue: info.Queue, Provider: info.Queue, OrderID: p.OrderID,
-			Reference: p.Reference, Payload: outcome.Payload(task.Payload()), MaxRetry: 2, LastError: "order not found",
+		&outcome.DeadLetter{ID: info.ID, Type: task.Type(), Queue: info.Queue, Provider: info.Queue, OrderID: p.Order(),
+			Reference: p.Ref(), Payload: outcome.Payload(task.Payload()), MaxRetry: 2, LastError: "order not found",
 			LastFailedAt: at, Class: "permanent", Source: "handler"})
 }

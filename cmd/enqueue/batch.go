@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -15,66 +14,8 @@ import (
 	"github.com/schollz/progressbar/v3"
 	"golang.org/x/term"
 
-	"github.com/certmail/certmail/internal/providers"
 	"github.com/certmail/certmail/internal/tasks"
 )
-
-// batchLine is one JSON Lines input record.
-type batchLine struct {
-	Provider string `json:"provider"`
-	// Type optionally picks a task type of the provider, e.g.
-	// "opensrs:resend_approve_email"; default is the provider's resend.
-	Type                 string                    `json:"type,omitempty"`
-	OrderID              string                    `json:"order_id"`
-	Reference            string                    `json:"reference,omitempty"`
-	DomainApprovalEmails []providers.ApprovalEmail `json:"domain_approval_emails,omitempty"`
-	Locale               string                    `json:"locale,omitempty"`
-}
-
-// parseLine turns one input line into a validated payload.
-func parseLine(line []byte) (tasks.Payload, error) {
-	line = bytes.TrimSpace(line)
-	if len(line) == 0 {
-		return nil, errors.New("empty line (want a JSON object)")
-	}
-	dec := json.NewDecoder(bytes.NewReader(line))
-	dec.DisallowUnknownFields() // a misspelt field must not be silently dropped
-	var l batchLine
-	if err := dec.Decode(&l); err != nil {
-		return nil, fmt.Errorf("invalid JSON: %v", err)
-	}
-	if dec.More() {
-		return nil, errors.New("invalid JSON: more than one value on the line")
-	}
-	var p tasks.Payload
-	switch l.Provider {
-	case "opensrs":
-		if len(l.DomainApprovalEmails) > 0 || l.Locale != "" {
-			return nil, errors.New("domain_approval_emails, locale: only for provider digicert")
-		}
-		switch l.Type {
-		case "", tasks.TypeOpenSRSResendCertEmail:
-			p = tasks.NewOpenSRSPayload(l.OrderID, l.Reference, false)
-		case tasks.TypeOpenSRSResendApproveEmail:
-			p = tasks.NewOpenSRSPayload(l.OrderID, l.Reference, true)
-		default:
-			return nil, fmt.Errorf("type: %q is not an opensrs task type", l.Type)
-		}
-	case "digicert":
-		if l.Type != "" && l.Type != tasks.TypeDigiCertResendEmails {
-			return nil, fmt.Errorf("type: %q is not a digicert task type", l.Type)
-		}
-		p = &tasks.DigiCertPayload{OrderID: l.OrderID, DomainApprovalEmails: l.DomainApprovalEmails, Locale: l.Locale, Reference: l.Reference}
-	case "":
-		return nil, errors.New("provider: is required (opensrs or digicert)")
-	default:
-		return nil, fmt.Errorf("provider: must be opensrs or digicert, got %q", l.Provider)
-	}
-	if err := p.Validate(); err != nil {
-		return nil, err
-	}
-	return p, nil
-}
 
 func runBatch(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer, getenv env) error {
 	var (
@@ -106,7 +47,7 @@ Flags:
 		return usagef("--concurrency: must be at least 1")
 	}
 	if err := c.options().Validate(); err != nil {
-		return flagErr(err)
+		return flagErr(err, nil)
 	}
 	in := stdin
 	if len(pos) == 1 && pos[0] != "-" {
@@ -183,7 +124,7 @@ func batch(ctx context.Context, enq *tasks.Enqueuer, opts tasks.Options, in io.R
 			for j := range jobs {
 				r := lineResult{n: j.n, err: j.err}
 				if r.err == nil {
-					p, err := parseLine(j.line)
+					p, err := tasks.DecodeLine(j.line)
 					if err == nil {
 						var res tasks.Enqueued
 						res, err = enq.Enqueue(ctx, p, opts)

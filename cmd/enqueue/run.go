@@ -12,7 +12,6 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/certmail/certmail/internal/cli"
-	"github.com/certmail/certmail/internal/providers"
 	"github.com/certmail/certmail/internal/redisconn"
 	"github.com/certmail/certmail/internal/tasks"
 )
@@ -24,22 +23,37 @@ const (
 	exitUsage   = cli.ExitUsage
 )
 
-const topUsage = `Usage: enqueue COMMAND [flags]
+// topUsage is the top-level help; the task commands come from the task-type
+// table (tasks.Commands).
+func topUsage() string {
+	var b strings.Builder
+	b.WriteString(`Usage: enqueue COMMAND [flags]
 
 Enqueue "resend the certificate email" tasks for the certmail worker.
 
 Commands:
-  opensrs   --order-id ID [--reference R] [--approve]
-            resend an OpenSRS certificate email (or, with --approve, the DCV approver email)
-  digicert  --order-id ID [--approval-email DOMAIN=EMAIL]... [--locale L] [--reference R]
-            resend DigiCert DCV emails for an order
-  batch     [FILE|-]   JSON Lines, one task a line, from FILE or stdin
+`)
+	for _, c := range tasks.Commands() {
+		fmt.Fprintf(&b, "  %-9s %s\n            %s\n", c.Command, c.Synopsis, c.Summary)
+	}
+	b.WriteString(`  batch     [FILE|-]   JSON Lines, one task a line, from FILE or stdin
   status    TASK_ID [--json]   state, result and every attempt of a task
 
 Run 'enqueue COMMAND --help' for the flags of a command.
 Exit codes: 0 ok, 1 runtime failure (including "may have been enqueued as ID":
 retrying is safe, 'enqueue status ID' tells), 2 invalid usage or input.
-`
+`)
+	return b.String()
+}
+
+// commandList names every command, for "want ..." in usage errors.
+func commandList() string {
+	var names []string
+	for _, c := range tasks.Commands() {
+		names = append(names, c.Command)
+	}
+	return tasks.OrList(append(names, "batch", "status"))
+}
 
 // env reads configuration from the environment; tests pass their own.
 type env func(string) string
@@ -55,24 +69,26 @@ var (
 func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer, getenv env) int {
 	redisconn.SetLogger(nil)
 	if len(args) == 0 {
-		fmt.Fprintln(stderr, "enqueue: missing command (want opensrs, digicert, batch or status; see enqueue --help)")
+		fmt.Fprintf(stderr, "enqueue: missing command (want %s; see enqueue --help)\n", commandList())
 		return exitUsage
 	}
 	cmd, rest := args[0], args[1:]
 	var err error
 	switch cmd {
 	case "-h", "-help", "--help", "help":
-		fmt.Fprint(stdout, topUsage)
+		fmt.Fprint(stdout, topUsage())
 		return exitOK
-	case "opensrs", "digicert":
-		err = runSingle(ctx, cmd, rest, stdout, stderr, getenv)
 	case "batch":
 		err = runBatch(ctx, rest, stdin, stdout, stderr, getenv)
 	case "status":
 		err = runStatus(ctx, rest, stdout, stderr, getenv)
 	default:
-		fmt.Fprintf(stderr, "enqueue: unknown command %q (want opensrs, digicert, batch or status; see enqueue --help)\n", cmd)
-		return exitUsage
+		c, ok := tasks.CommandNamed(cmd)
+		if !ok {
+			fmt.Fprintf(stderr, "enqueue: unknown command %q (want %s; see enqueue --help)\n", cmd, commandList())
+			return exitUsage
+		}
+		err = runSingle(ctx, c, rest, stdout, stderr, getenv)
 	}
 	return report(stderr, "enqueue "+cmd, err)
 }
@@ -122,44 +138,13 @@ func (c *common) connect(ctx context.Context) (*redis.Client, error) {
 
 func newFlagSet(name, usage string) *flag.FlagSet { return cli.NewFlagSet(name, usage) }
 
-// approvalEmails collects repeated --approval-email DOMAIN=EMAIL flags.
-type approvalEmails []providers.ApprovalEmail
-
-func (a *approvalEmails) String() string { return "" }
-
-func (a *approvalEmails) Set(v string) error {
-	d, e, ok := strings.Cut(v, "=")
-	if !ok || d == "" || e == "" {
-		return errors.New("must be DOMAIN=EMAIL")
-	}
-	*a = append(*a, providers.ApprovalEmail{Domain: d, Email: e})
-	return nil
-}
-
-func runSingle(ctx context.Context, provider string, args []string, stdout, stderr io.Writer, getenv env) error {
-	var (
-		c         common
-		orderID   string
-		reference string
-		approve   bool
-		locale    string
-		emails    approvalEmails
-	)
-	usage := "Usage: enqueue opensrs --order-id ID [--reference R] [--approve] [flags]\n\nFlags:\n"
-	if provider == "digicert" {
-		usage = "Usage: enqueue digicert --order-id ID [--approval-email DOMAIN=EMAIL]... [--locale L] [--reference R] [flags]\n\nFlags:\n"
-	}
-	fs := newFlagSet("enqueue "+provider, usage)
+// runSingle enqueues one task with a task command's flags.
+func runSingle(ctx context.Context, cmd *tasks.CLI, args []string, stdout, stderr io.Writer, getenv env) error {
+	var c common
+	fs := newFlagSet("enqueue "+cmd.Command, "Usage: enqueue "+cmd.Command+" "+cmd.Synopsis+" [flags]\n\nFlags:\n")
 	c.register(fs, getenv)
 	c.registerTask(fs)
-	fs.StringVar(&orderID, "order-id", "", "provider order ID, 1-20 digits (required)")
-	fs.StringVar(&reference, "reference", "", "caller's own reference, up to 128 printable characters")
-	if provider == "opensrs" {
-		fs.BoolVar(&approve, "approve", false, "resend the DCV approver email (opensrs:resend_approve_email) instead of the certificate email")
-	} else {
-		fs.Var(&emails, "approval-email", "DOMAIN=EMAIL to send the DCV email for DOMAIN to (repeatable)")
-		fs.StringVar(&locale, "locale", "", "email language, like en or pt_BR")
-	}
+	build := cmd.Flags(fs)
 	pos, err := parse(fs, args, stdout)
 	if err != nil {
 		return err
@@ -167,17 +152,12 @@ func runSingle(ctx context.Context, provider string, args []string, stdout, stde
 	if len(pos) > 0 {
 		return usagef("unexpected argument %q (see --help)", pos[0])
 	}
-	var p tasks.Payload
-	if provider == "opensrs" {
-		p = tasks.NewOpenSRSPayload(orderID, reference, approve)
-	} else {
-		p = &tasks.DigiCertPayload{OrderID: orderID, DomainApprovalEmails: emails, Locale: locale, Reference: reference}
-	}
+	p := build()
 	if err := p.Validate(); err != nil {
-		return flagErr(err)
+		return flagErr(err, cmd.FlagNames)
 	}
 	if err := c.options().Validate(); err != nil {
-		return flagErr(err)
+		return flagErr(err, nil)
 	}
 	rdb, err := c.connect(ctx)
 	if err != nil {
@@ -208,24 +188,32 @@ func enqueueErr(err error) error {
 	return err
 }
 
-// flagErr renames payload fields to the flags that set them.
-func flagErr(err error) error {
+// flagErr renames payload fields to the flags that set them: a field is
+// set by the flag of its name with hyphens, unless names maps it (or the
+// prefix of a nested field) to another flag.
+func flagErr(err error, names map[string]string) error {
 	var fe *tasks.FieldError
 	if !errors.As(err, &fe) {
 		return err
 	}
 	name := fe.Field
 	switch {
-	case name == "order_id":
-		name = "--order-id"
-	case name == "reference", name == "locale":
-		name = "--" + name
-	case strings.HasPrefix(name, "domain_approval_emails"):
-		name = "--approval-email (" + name + ")"
-	case name == "payload":
-		// The encoded request as a whole, all flags together.
-	case !strings.HasPrefix(name, "--"):
-		name = "--" + name
+	case name == "payload", strings.HasPrefix(name, "--"):
+		// "payload" is the encoded request as a whole, all flags together.
+	case flagFor(names, name) != "":
+		name = flagFor(names, name) + " (" + name + ")"
+	default:
+		name = "--" + strings.ReplaceAll(name, "_", "-")
 	}
 	return usagef("%s: %s", name, fe.Reason)
+}
+
+// flagFor is the flag names gives for field or for the field it is part of.
+func flagFor(names map[string]string, field string) string {
+	for f, flag := range names {
+		if field == f || strings.HasPrefix(field, f+".") || strings.HasPrefix(field, f+"[") {
+			return flag
+		}
+	}
+	return ""
 }

@@ -109,10 +109,7 @@ func serve(ctx context.Context, cfg *config, stdout, stderr io.Writer, h *hooks)
 	defer rdb.Close()
 
 	resenders := limitClients(cfg, clients, rdb, log)
-	queues := map[string]int{}
-	for name := range resenders {
-		queues[string(name)] = 1
-	}
+	queues := tasks.QueuesFor(resenders)
 
 	store := outcome.NewStore(rdb, cfg.retention)
 	inspector := asynq.NewInspectorFromRedisClient(rdb)

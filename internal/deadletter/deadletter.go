@@ -91,7 +91,6 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/certmail/certmail/internal/outcome"
-	"github.com/certmail/certmail/internal/providers"
 	"github.com/certmail/certmail/internal/tasks"
 )
 
@@ -172,7 +171,8 @@ func (s *Service) Close() error {
 
 // Filter selects dead letters. Zero fields select everything.
 type Filter struct {
-	// Provider keeps dead letters of one provider ("opensrs", "digicert").
+	// Provider keeps dead letters of one provider ("opensrs", "digicert":
+	// tasks.Providers).
 	Provider string
 	// Since keeps dead letters whose last failure is at most this old.
 	Since time.Duration
@@ -186,10 +186,12 @@ type Filter struct {
 
 // Validate reports a filter field that cannot match anything sensible.
 func (f Filter) Validate() error {
-	switch {
-	case f.Provider != "" && f.Provider != string(providers.OpenSRS) && f.Provider != string(providers.DigiCert):
-		return fmt.Errorf("provider: must be %s or %s, got %q", providers.OpenSRS, providers.DigiCert, f.Provider)
-	case f.Since < 0:
+	if f.Provider != "" {
+		if err := tasks.CheckProvider(f.Provider); err != nil {
+			return err
+		}
+	}
+	if f.Since < 0 {
 		return errors.New("since: must not be negative")
 	}
 	return nil

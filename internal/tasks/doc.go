@@ -2,10 +2,13 @@
 // the upstream systems that enqueue resends and the workers that perform
 // them — and the handler that runs them.
 //
-// A task type is a constant, a payload struct with snake_case JSON tags, a
-// validating constructor and a handler. Types are never renamed: a breaking
-// payload change gets a new type and both are served until the old drains.
-// Payloads carry identifiers only, never a secret.
+// A task type is a constant, its own payload struct with snake_case JSON
+// tags whose Type method returns the constant, and one entry in the
+// task-type table (kinds.go), from which decoding, the enqueue CLI and
+// batch lines, the dead-letter provider filter and the worker's queues are
+// all derived. Types are never renamed: a breaking payload change gets a new
+// type and both are served until the old drains. Payloads carry identifiers
+// only, never a secret.
 //
 //	type                           queue     payload
 //	opensrs:resend_cert_email      opensrs   {"order_id","reference"}

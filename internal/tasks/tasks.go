@@ -21,10 +21,10 @@ const (
 	QueueDigiCert = string(providers.DigiCert)
 )
 
-// Queues lists every queue certmail uses.
-var Queues = []string{QueueOpenSRS, QueueDigiCert}
-
-// Payload is implemented by every task payload.
+// Payload is implemented by every task payload. Each task type has its own
+// payload struct whose Type returns the type's constant, so the Go type of a
+// payload is its task type: a zero value, a literal or a decoded payload
+// all name the same type (river's JobArgs.Kind is the model).
 type Payload interface {
 	// Type is the task type the payload belongs to.
 	Type() string
@@ -39,58 +39,61 @@ type Payload interface {
 	Ref() string
 }
 
-// OpenSRSPayload is the payload of both OpenSRS task types.
-type OpenSRSPayload struct {
+// OpenSRSOrder holds the fields both OpenSRS task types carry. It is not a
+// payload: the struct that embeds it decides the task type.
+type OpenSRSOrder struct {
 	OrderID   string `json:"order_id"`
 	Reference string `json:"reference,omitempty"`
+}
 
-	// action is set by Decode from the task type; it is not on the wire.
-	action providers.Action
+// Provider implements Payload.
+func (o *OpenSRSOrder) Provider() providers.Name { return providers.OpenSRS }
+
+// Validate implements Payload.
+func (o *OpenSRSOrder) Validate() error {
+	if err := validateOrderID(o.OrderID); err != nil {
+		return err
+	}
+	return validateReference(o.Reference)
+}
+
+// Order implements Payload.
+func (o *OpenSRSOrder) Order() string { return o.OrderID }
+
+// Ref implements Payload.
+func (o *OpenSRSOrder) Ref() string { return o.Reference }
+
+// OpenSRSCertEmail is the payload of opensrs:resend_cert_email.
+type OpenSRSCertEmail struct{ OpenSRSOrder }
+
+// Type implements Payload.
+func (OpenSRSCertEmail) Type() string { return TypeOpenSRSResendCertEmail }
+
+// Request implements Payload.
+func (p *OpenSRSCertEmail) Request() providers.Request {
+	return providers.Request{OrderID: p.OrderID, Action: providers.ActionResendCertEmail}
+}
+
+// OpenSRSApproveEmail is the payload of opensrs:resend_approve_email.
+type OpenSRSApproveEmail struct{ OpenSRSOrder }
+
+// Type implements Payload.
+func (OpenSRSApproveEmail) Type() string { return TypeOpenSRSResendApproveEmail }
+
+// Request implements Payload.
+func (p *OpenSRSApproveEmail) Request() providers.Request {
+	return providers.Request{OrderID: p.OrderID, Action: providers.ActionResendApproveEmail}
 }
 
 // NewOpenSRSPayload returns the payload of an opensrs:resend_cert_email task
 // (or, with approve set, of opensrs:resend_approve_email).
-func NewOpenSRSPayload(orderID, reference string, approve bool) *OpenSRSPayload {
-	p := &OpenSRSPayload{OrderID: orderID, Reference: reference, action: providers.ActionResendCertEmail}
+func NewOpenSRSPayload(orderID, reference string, approve bool) Payload {
+	o := OpenSRSOrder{OrderID: orderID, Reference: reference}
 	if approve {
-		p.action = providers.ActionResendApproveEmail
+		return &OpenSRSApproveEmail{o}
 	}
-	return p
+	return &OpenSRSCertEmail{o}
 }
-
-// Type implements Payload.
-func (p *OpenSRSPayload) Type() string {
-	if p.action == providers.ActionResendApproveEmail {
-		return TypeOpenSRSResendApproveEmail
-	}
-	return TypeOpenSRSResendCertEmail
-}
-
-// Provider implements Payload.
-func (p *OpenSRSPayload) Provider() providers.Name { return providers.OpenSRS }
-
-// Validate implements Payload.
-func (p *OpenSRSPayload) Validate() error {
-	if err := validateOrderID(p.OrderID); err != nil {
-		return err
-	}
-	return validateReference(p.Reference)
-}
-
-// Request implements Payload.
-func (p *OpenSRSPayload) Request() providers.Request {
-	a := p.action
-	if a == "" {
-		a = providers.ActionResendCertEmail
-	}
-	return providers.Request{OrderID: p.OrderID, Action: a}
-}
-
-// Order implements Payload.
-func (p *OpenSRSPayload) Order() string { return p.OrderID }
-
-// Ref implements Payload.
-func (p *OpenSRSPayload) Ref() string { return p.Reference }
 
 // DigiCertPayload is the payload of digicert:resend_emails.
 type DigiCertPayload struct {
@@ -101,7 +104,7 @@ type DigiCertPayload struct {
 }
 
 // Type implements Payload.
-func (p *DigiCertPayload) Type() string { return TypeDigiCertResendEmails }
+func (DigiCertPayload) Type() string { return TypeDigiCertResendEmails }
 
 // Provider implements Payload.
 func (p *DigiCertPayload) Provider() providers.Name { return providers.DigiCert }
@@ -154,20 +157,14 @@ func (p *DigiCertPayload) Ref() string { return p.Reference }
 // unknown type or an invalid payload is an error the handler treats as
 // permanent: retrying cannot fix it.
 func Decode(taskType string, payload []byte) (Payload, error) {
-	var p Payload
-	switch taskType {
-	case TypeOpenSRSResendCertEmail:
-		p = &OpenSRSPayload{action: providers.ActionResendCertEmail}
-	case TypeOpenSRSResendApproveEmail:
-		p = &OpenSRSPayload{action: providers.ActionResendApproveEmail}
-	case TypeDigiCertResendEmails:
-		p = &DigiCertPayload{}
-	default:
+	k, ok := KindOf(taskType)
+	if !ok {
 		return nil, fmt.Errorf("unknown task type %q", taskType)
 	}
 	if err := validatePayloadSize(payload); err != nil {
 		return nil, err
 	}
+	p := k.New()
 	if err := json.Unmarshal(payload, p); err != nil {
 		return nil, fmt.Errorf("payload is not valid JSON for %s: %v", taskType, err)
 	}
@@ -179,11 +176,8 @@ func Decode(taskType string, payload []byte) (Payload, error) {
 
 // Known reports whether taskType is a task type certmail serves.
 func Known(taskType string) bool {
-	switch taskType {
-	case TypeOpenSRSResendCertEmail, TypeOpenSRSResendApproveEmail, TypeDigiCertResendEmails:
-		return true
-	}
-	return false
+	_, ok := KindOf(taskType)
+	return ok
 }
 
 // Meta extracts order_id and reference from a payload without validating it,

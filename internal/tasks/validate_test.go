@@ -244,7 +244,8 @@ func TestPayloadProviderAndQueue(t *testing.T) {
 	}{
 		{"opensrs cert", NewOpenSRSPayload("1", "r", false), TypeOpenSRSResendCertEmail, providers.OpenSRS},
 		{"opensrs approve", NewOpenSRSPayload("1", "r", true), TypeOpenSRSResendApproveEmail, providers.OpenSRS},
-		{"opensrs zero value", &OpenSRSPayload{OrderID: "1", Reference: "r"}, TypeOpenSRSResendCertEmail, providers.OpenSRS},
+		{"opensrs cert literal", &OpenSRSCertEmail{OpenSRSOrder{OrderID: "1", Reference: "r"}}, TypeOpenSRSResendCertEmail, providers.OpenSRS},
+		{"opensrs approve literal", &OpenSRSApproveEmail{OpenSRSOrder{OrderID: "1", Reference: "r"}}, TypeOpenSRSResendApproveEmail, providers.OpenSRS},
 		{"digicert", &DigiCertPayload{OrderID: "1", Reference: "r"}, TypeDigiCertResendEmails, providers.DigiCert},
 	}
 	for _, tc := range tests {
