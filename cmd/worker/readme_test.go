@@ -152,3 +152,13 @@ func TestSettingsDefaultsParse(t *testing.T) {
 		require.True(t, s.env != "" || s.flag != "", "a setting needs a variable or a flag")
 	}
 }
+
+func TestDurationDefault(t *testing.T) {
+	t.Parallel()
+	for d, want := range map[time.Duration]string{
+		30 * time.Second: "30s", time.Minute: "1m", time.Hour: "1h", 90 * time.Minute: "1h30m", 2160 * time.Hour: "2160h", 90 * time.Second: "1m30s",
+	} {
+		require.Equal(t, want, durationDefault(d))
+		require.True(t, sameDefault(want, d.String()))
+	}
+}

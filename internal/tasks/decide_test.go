@@ -124,6 +124,8 @@ func TestDecide(t *testing.T) {
 			want: decision{Outcome: outcome.Retrying, Class: "interrupted", Error: "interrupted: context canceled"}, ret: countsFailure},
 		{desc: "CallCancelledOtherwiseLastAttempt", in: ending{Step: stepCall, Err: transientErr("context canceled"), Cancelled: true, Last: true},
 			want: decision{Outcome: outcome.Dead, Class: "interrupted", Error: "interrupted: context canceled", DeadLetter: "interrupted"}, ret: countsFailure},
+		{desc: "StoppingWithoutCancellationIsAnOrdinaryFailure", in: ending{Step: stepCall, Err: transientErr("502 bad gateway"), Stopping: true, Last: true},
+			want: decision{Outcome: outcome.Dead, Class: "transient", Error: "502 bad gateway", DeadLetter: "retries_exhausted"}, ret: countsFailure},
 		{desc: "CancelledPermanentIsStillInterrupted", in: ending{Step: stepCall, Err: permanentErr("order not found"), Cancelled: true},
 			want: decision{Outcome: outcome.Retrying, Class: "interrupted", Error: "interrupted: order not found"}, ret: countsFailure},
 	}
