@@ -13,6 +13,7 @@ import (
 
 	"github.com/certmail/certmail/internal/cli"
 	"github.com/certmail/certmail/internal/deadletter"
+	"github.com/certmail/certmail/internal/outcome"
 	"github.com/certmail/certmail/internal/providers/digicert"
 	"github.com/certmail/certmail/internal/providers/opensrs"
 	"github.com/certmail/certmail/internal/ratelimit"
@@ -177,7 +178,7 @@ var settings = []setting{
 	{env: "RECONCILE_INTERVAL", flag: "reconcile-interval", def: "1m", help: "how often asynq's archive is swept into dead letters",
 		field: func(c *config) any { return &c.reconcileEvery },
 		check: atLeast(time.Second, func(c *config) time.Duration { return c.reconcileEvery }, "")},
-	{env: "OUTCOME_RETENTION", flag: "outcome-retention", def: "168h", help: "how long attempt histories and success marks are kept, at least 1h",
+	{env: "OUTCOME_RETENTION", flag: "outcome-retention", def: durationDefault(outcome.DefaultRetention), help: "how long attempt histories and success marks are kept, at least 1h",
 		field: func(c *config) any { return &c.retention },
 		check: func(c *config) string {
 			if c.retention < minRetention {
