@@ -11,11 +11,14 @@ import (
 	"strings"
 	"time"
 
+	"github.com/certmail/certmail/internal/cli"
 	"github.com/certmail/certmail/internal/deadletter"
+	"github.com/certmail/certmail/internal/outcome"
 	"github.com/certmail/certmail/internal/providers/digicert"
 	"github.com/certmail/certmail/internal/providers/opensrs"
 	"github.com/certmail/certmail/internal/ratelimit"
 	"github.com/certmail/certmail/internal/redisconn"
+	"github.com/certmail/certmail/internal/tasks"
 )
 
 // config is everything the worker reads from its environment and flags.
@@ -29,6 +32,8 @@ type config struct {
 	opensrsURL       string
 	digicertKey      secret
 	digicertURL      string
+	opensrsRateSpec  string // as given; parsed into opensrsRate
+	digicertRateSpec string
 	opensrsRate      []ratelimit.Rule
 	digicertRate     []ratelimit.Rule
 	providerTimeout  time.Duration
@@ -58,12 +63,270 @@ type secret string
 func (secret) String() string   { return "[redacted]" }
 func (secret) GoString() string { return "[redacted]" }
 
-// configError is reported as one line, exit code 2.
-type configError struct{ msg string }
+// configErrf returns a configuration error: one line, exit code 2.
+func configErrf(format string, args ...any) error { return cli.Usagef(format, args...) }
 
-func (e configError) Error() string { return e.msg }
+// setting is one worker setting. The table below is the only place its
+// names, default and help are written: loadConfig reads it, --help is
+// printed from it, and readme_test.go checks the README's worker table
+// against it.
+type setting struct {
+	env  string // "" for a flag-only setting
+	flag string // "" for a secret: environment (or NAME_FILE) only
+	// def is the default as it would be written in the environment.
+	def  string
+	help string
+	// field points at where the value is stored: *string, *int, *bool,
+	// *time.Duration or *secret, which also gives the syntax.
+	field func(*config) any
+	// check validates the parsed value; it returns what is wrong, and the
+	// message is prefixed with the setting's names.
+	check func(*config) string
+	// offTable: documented with --demo, not in the README's settings table.
+	offTable bool
+}
 
-func configErrf(format string, args ...any) error { return configError{fmt.Sprintf(format, args...)} }
+// durationDefault writes d as the README does (1h, not 1h0m0s).
+func durationDefault(d time.Duration) string {
+	s := d.String()
+	if strings.HasSuffix(s, "m0s") {
+		s = strings.TrimSuffix(s, "0s")
+	}
+	if strings.HasSuffix(s, "h0m") {
+		s = strings.TrimSuffix(s, "0m")
+	}
+	return s
+}
+
+func atLeast(floor time.Duration, get func(*config) time.Duration, why string) func(*config) string {
+	return func(c *config) string {
+		if get(c) < floor {
+			return "must be at least " + durationDefault(floor) + why
+		}
+		return ""
+	}
+}
+
+var settings = []setting{
+	{env: "REDIS_URL", flag: "redis-url", def: redisconn.DefaultURL, help: "Redis URL",
+		field: func(c *config) any { return &c.redisURL },
+		check: func(c *config) string {
+			// The demo's embedded Redis replaces the URL unless one was given.
+			if _, err := redisconn.Parse(c.redisURL); err != nil && (!c.demo || c.demoRedis) {
+				return err.Error()
+			}
+			return ""
+		}},
+	{env: "WORKER_CONCURRENCY", flag: "concurrency", def: "20", help: "tasks processed at once",
+		field: func(c *config) any { return &c.concurrency },
+		check: func(c *config) string {
+			if c.concurrency < 1 {
+				return fmt.Sprintf("must be at least 1, got %d", c.concurrency)
+			}
+			return ""
+		}},
+	{env: "OPENSRS_USERNAME", flag: "opensrs-username", help: "OpenSRS reseller username",
+		field: func(c *config) any { return &c.opensrsUsername }},
+	{env: "OPENSRS_API_KEY", help: "OpenSRS API key, or a file holding it",
+		field: func(c *config) any { return &c.opensrsKey }},
+	{env: "OPENSRS_URL", flag: "opensrs-url", def: opensrs.LiveURL, help: "OpenSRS XCP base URL (test: " + opensrs.TestURL + ")",
+		field: func(c *config) any { return &c.opensrsURL }},
+	{env: "DIGICERT_API_KEY", help: "DigiCert CertCentral API key, or a file holding it",
+		field: func(c *config) any { return &c.digicertKey }},
+	{env: "DIGICERT_URL", flag: "digicert-url", def: digicert.USURL, help: "DigiCert Services API base URL (EU: " + digicert.EUURL + ")",
+		field: func(c *config) any { return &c.digicertURL }},
+	{env: "DIGICERT_RATE_LIMIT", flag: "digicert-rate-limit", def: ratelimit.DigiCertDefault,
+		help:  "DigiCert requests allowed per API key across all workers, N/PERIOD[,N/PERIOD], or off",
+		field: func(c *config) any { return &c.digicertRateSpec },
+		check: func(c *config) string { return rules(c.digicertRateSpec, &c.digicertRate) }},
+	{env: "OPENSRS_RATE_LIMIT", flag: "opensrs-rate-limit", def: "off",
+		help:  "the same for OpenSRS (no limit is documented), e.g. 10/1s",
+		field: func(c *config) any { return &c.opensrsRateSpec },
+		check: func(c *config) string { return rules(c.opensrsRateSpec, &c.opensrsRate) }},
+	{env: "PROVIDER_TIMEOUT", flag: "provider-timeout", def: "90s", help: "limit of one provider call, all included",
+		field: func(c *config) any { return &c.providerTimeout },
+		check: atLeast(time.Second, func(c *config) time.Duration { return c.providerTimeout }, "")},
+	{env: "RETRY_BASE", flag: "retry-base", def: durationDefault(tasks.DefaultRetryPolicy.Base), help: "first retry delay, doubling",
+		field: func(c *config) any { return &c.retryBase },
+		check: atLeast(time.Second, func(c *config) time.Duration { return c.retryBase }, " (asynq schedules in whole seconds)")},
+	{env: "RETRY_MAX", flag: "retry-max", def: durationDefault(tasks.DefaultRetryPolicy.Max), help: "longest retry delay",
+		field: func(c *config) any { return &c.retryMax },
+		check: func(c *config) string {
+			if c.retryMax < c.retryBase {
+				return "must be at least RETRY_BASE"
+			}
+			return ""
+		}},
+	{env: "RATE_LIMIT_WAIT", flag: "rate-limit-wait", def: durationDefault(tasks.DefaultRetryPolicy.RateLimitWait), help: "wait after a rate limit without a hint",
+		field: func(c *config) any { return &c.rateLimitWait },
+		check: atLeast(time.Second, func(c *config) time.Duration { return c.rateLimitWait }, "")},
+	{env: "HTTP_ADDR", flag: "http-addr", def: "127.0.0.1:8080", help: "/healthz /readyz /metrics /dashboard/ address, or off",
+		field: func(c *config) any { return &c.httpAddr },
+		check: func(c *config) string {
+			if c.httpAddr == "off" {
+				return ""
+			}
+			if err := checkListenAddr(c.httpAddr); err != nil {
+				return err.Error() + " (host:port, or off)"
+			}
+			return ""
+		}},
+	{env: "SHUTDOWN_TIMEOUT", flag: "shutdown-timeout", def: "25s",
+		help:  "wait for in-flight tasks on SIGTERM before requeueing them (then up to 10s more while the interrupted attempts are recorded)",
+		field: func(c *config) any { return &c.shutdownTimeout },
+		check: atLeast(time.Second, func(c *config) time.Duration { return c.shutdownTimeout }, "")},
+	{env: "RECONCILE_INTERVAL", flag: "reconcile-interval", def: "1m", help: "how often asynq's archive is swept into dead letters",
+		field: func(c *config) any { return &c.reconcileEvery },
+		check: atLeast(time.Second, func(c *config) time.Duration { return c.reconcileEvery }, "")},
+	{env: "OUTCOME_RETENTION", flag: "outcome-retention", def: durationDefault(outcome.DefaultRetention), help: "how long attempt histories and success marks are kept, at least 1h",
+		field: func(c *config) any { return &c.retention },
+		check: func(c *config) string {
+			if c.retention < minRetention {
+				return fmt.Sprintf("must be at least %s (success marks must outlive asynq's crash recovery, or a redelivered task is resent), got %s", minRetention, c.retention)
+			}
+			return ""
+		}},
+	{env: "DEADLETTER_RETENTION", flag: "deadletter-retention", def: durationDefault(deadletter.DefaultRetention),
+		help:  "how long a dead letter is kept unless replayed or deleted (at least 24h; 0 keeps forever)",
+		field: func(c *config) any { return &c.deadRetention },
+		check: func(c *config) string {
+			if c.deadRetention != 0 && c.deadRetention < deadletter.MinRetention {
+				return fmt.Sprintf("must be 0 (keep forever) or at least %s, got %s", deadletter.MinRetention, c.deadRetention)
+			}
+			return ""
+		}},
+	{env: "DASHBOARD_USER", flag: "dashboard-user", help: "dashboard basic-auth user (the dashboard is off without user and password)",
+		field: func(c *config) any { return &c.dashboardUser },
+		check: func(c *config) string {
+			if strings.Contains(c.dashboardUser, ":") {
+				return "must not contain ':' (basic auth)"
+			}
+			return ""
+		}},
+	{env: "DASHBOARD_PASSWORD", help: "dashboard basic-auth password, or a file holding it",
+		field: func(c *config) any { return &c.dashboardPass }},
+	{env: "DASHBOARD_READONLY", flag: "dashboard-readonly", def: "false", help: "true mounts the dashboard read-only",
+		field: func(c *config) any { return &c.dashboardRO }},
+	{flag: "dashboard-no-auth", def: "false", help: "serve the dashboard WITHOUT authentication (loopback demos only)",
+		field: func(c *config) any { return &c.dashboardNoAuth }},
+	{env: "LOG_LEVEL", flag: "log-level", def: "info", help: "debug, info, warn or error",
+		field: func(c *config) any { return &c.logLevel },
+		check: func(c *config) string {
+			switch strings.ToLower(c.logLevel) {
+			case "debug", "info", "warn", "error":
+				return ""
+			}
+			return fmt.Sprintf("must be debug, info, warn or error, got %q", c.logLevel)
+		}},
+	{flag: "demo", def: "false", help: "run everything in one process: embedded Redis, provider simulators, sample tasks",
+		field: func(c *config) any { return &c.demo }, offTable: true},
+	{flag: "demo-samples", def: "true", help: "with --demo: enqueue the sample tasks",
+		field: func(c *config) any { return &c.demoTasks }, offTable: true},
+}
+
+func rules(spec string, into *[]ratelimit.Rule) string {
+	var err error
+	if *into, err = ratelimit.ParseRules(spec); err != nil {
+		return err.Error()
+	}
+	return ""
+}
+
+// name is how messages name the setting: "ENV (--flag)", "ENV" or "--flag".
+func (s setting) name() string {
+	switch {
+	case s.env == "":
+		return "--" + s.flag
+	case s.flag == "":
+		return s.env
+	}
+	return s.env + " (--" + s.flag + ")"
+}
+
+// envName is the variable as --help lists it.
+func (s setting) envName() string {
+	if _, ok := s.field(&config{}).(*secret); ok {
+		return s.env + "[_FILE]"
+	}
+	return s.env
+}
+
+// register reads the setting's environment variable (which becomes the
+// flag's default) and defines its flag. A malformed variable is returned
+// as the setting's error; the default stands in so parsing can go on.
+func (s setting) register(fs *flag.FlagSet, c *config, getenv func(string) string) error {
+	v, fromEnv := s.def, false
+	if s.env != "" {
+		if e := getenv(s.env); e != "" {
+			v, fromEnv = e, true
+		}
+	}
+	usage := s.help
+	if s.env != "" {
+		usage += " (env " + s.env + ")"
+	}
+	var err error
+	switch p := s.field(c).(type) {
+	case *secret:
+		*p, err = secretEnv(s.env, getenv)
+		return err
+	case *string:
+		fs.StringVar(p, s.flag, v, usage)
+	case *int:
+		n, perr := strconv.Atoi(v)
+		if perr != nil && fromEnv {
+			err, n = configErrf("%s: must be a whole number, got %q", s.env, v), mustInt(s.def)
+		}
+		fs.IntVar(p, s.flag, n, usage)
+	case *bool:
+		b, perr := strconv.ParseBool(v)
+		if perr != nil && fromEnv {
+			err = configErrf("%s: must be true or false, got %q", s.env, v)
+		}
+		fs.BoolVar(p, s.flag, b, usage)
+	case *time.Duration:
+		d, perr := time.ParseDuration(v)
+		if (perr != nil || d < 0) && fromEnv {
+			err, d = configErrf("%s: must be a duration like 30s or 1h, got %q", s.env, v), mustDuration(s.def)
+		}
+		fs.DurationVar(p, s.flag, d, usage)
+	default:
+		panic(fmt.Sprintf("setting %s: field of type %T", s.name(), p))
+	}
+	return err
+}
+
+func mustInt(s string) int {
+	n, err := strconv.Atoi(s)
+	if err != nil {
+		panic(err)
+	}
+	return n
+}
+
+func mustDuration(s string) time.Duration {
+	d, err := time.ParseDuration(s)
+	if err != nil {
+		panic(err)
+	}
+	return d
+}
+
+// secretEnv reads NAME, or the file named by NAME_FILE.
+func secretEnv(name string, getenv func(string) string) (secret, error) {
+	v, f := getenv(name), getenv(name+"_FILE")
+	switch {
+	case v != "" && f != "":
+		return "", configErrf("%s and %s_FILE: set only one", name, name)
+	case f != "":
+		b, err := os.ReadFile(f)
+		if err != nil {
+			return "", configErrf("%s_FILE: cannot read %s: %v", name, f, errors.Unwrap(err))
+		}
+		return secret(strings.TrimSpace(string(b))), nil
+	}
+	return secret(v), nil
+}
 
 const usageHead = `Usage: worker [flags]
        worker --demo
@@ -73,139 +336,41 @@ Consumes certmail resend tasks (queues opensrs and digicert) and calls the provi
 A provider without credentials is not consumed: its tasks wait in Redis.
 
 Environment (flags override):
-  REDIS_URL                    Redis URL (default ` + redisconn.DefaultURL + `)
-  WORKER_CONCURRENCY           tasks processed at once (default 20)
-  OPENSRS_USERNAME             OpenSRS reseller username
-  OPENSRS_API_KEY[_FILE]       OpenSRS API key, or a file holding it
-  OPENSRS_URL                  default ` + opensrs.LiveURL + ` (test: ` + opensrs.TestURL + `)
-  DIGICERT_API_KEY[_FILE]      DigiCert CertCentral API key, or a file holding it
-  DIGICERT_URL                 default ` + digicert.USURL + ` (EU: ` + digicert.EUURL + `)
-  DIGICERT_RATE_LIMIT          requests allowed per API key across all workers (default ` + ratelimit.DigiCertDefault + `; off disables)
-  OPENSRS_RATE_LIMIT           the same for OpenSRS (default off: no limit is documented), e.g. 10/1s
-  PROVIDER_TIMEOUT             one provider call, all included (default 90s)
-  RETRY_BASE, RETRY_MAX        exponential retry schedule (default 30s doubling to 1h)
-  RATE_LIMIT_WAIT              wait after a rate limit without a hint (default 30s)
-  HTTP_ADDR                    /healthz /readyz /metrics /dashboard/ (default 127.0.0.1:8080; "off" disables)
-  SHUTDOWN_TIMEOUT             wait for in-flight tasks on SIGTERM before requeueing them (default 25s;
-                               then up to 10s more while the interrupted attempts are recorded)
-  RECONCILE_INTERVAL           how often asynq's archive is swept into dead letters (default 1m)
-  OUTCOME_RETENTION            how long attempt histories and success marks are kept (default 168h, at least 1h)
-  DEADLETTER_RETENTION         how long a dead letter is kept unless replayed or deleted (default 2160h = 90 days, at least 24h; 0 keeps forever)
-  DASHBOARD_USER, DASHBOARD_PASSWORD[_FILE]   basic auth for /dashboard/ (off without them)
-  DASHBOARD_READONLY           true mounts the dashboard read-only
-  LOG_LEVEL                    debug, info, warn or error (default info)
-
-Flags:
 `
+
+// usage is the text --help prints before the flags.
+func usage() string {
+	var b strings.Builder
+	b.WriteString(usageHead)
+	for _, s := range settings {
+		if s.env == "" {
+			continue
+		}
+		line := s.help
+		if s.def != "" {
+			line += " (default " + s.def + ")"
+		}
+		fmt.Fprintf(&b, "  %-28s %s\n", s.envName(), line)
+	}
+	b.WriteString("\nFlags:\n")
+	return b.String()
+}
 
 func loadConfig(args []string, stdout io.Writer, getenv func(string) string) (*config, error) {
 	c := &config{}
+	fs := cli.NewFlagSet("worker", usage())
 	var errs []error
-	str := func(name, def string) string {
-		if v := getenv(name); v != "" {
-			return v
+	for _, s := range settings {
+		if err := s.register(fs, c, getenv); err != nil {
+			errs = append(errs, err)
 		}
-		return def
 	}
-	dur := func(name string, def time.Duration) time.Duration {
-		v := getenv(name)
-		if v == "" {
-			return def
-		}
-		d, err := time.ParseDuration(v)
-		if err != nil || d < 0 {
-			errs = append(errs, configErrf("%s: must be a duration like 30s or 1h, got %q", name, v))
-			return def
-		}
-		return d
+	rest, err := cli.Parse(fs, args, stdout)
+	if err != nil {
+		return nil, err
 	}
-	integer := func(name string, def int) int {
-		v := getenv(name)
-		if v == "" {
-			return def
-		}
-		n, err := strconv.Atoi(v)
-		if err != nil {
-			errs = append(errs, configErrf("%s: must be a whole number, got %q", name, v))
-			return def
-		}
-		return n
-	}
-	boolean := func(name string) bool {
-		v := getenv(name)
-		if v == "" {
-			return false
-		}
-		b, err := strconv.ParseBool(v)
-		if err != nil {
-			errs = append(errs, configErrf("%s: must be true or false, got %q", name, v))
-		}
-		return b
-	}
-	secretEnv := func(name string) secret {
-		v := getenv(name)
-		f := getenv(name + "_FILE")
-		if v != "" && f != "" {
-			errs = append(errs, configErrf("%s and %s_FILE: set only one", name, name))
-			return ""
-		}
-		if f != "" {
-			b, err := os.ReadFile(f)
-			if err != nil {
-				errs = append(errs, configErrf("%s_FILE: cannot read %s: %v", name, f, errors.Unwrap(err)))
-				return ""
-			}
-			return secret(strings.TrimSpace(string(b)))
-		}
-		return secret(v)
-	}
-
-	fs := flag.NewFlagSet("worker", flag.ContinueOnError)
-	fs.SetOutput(io.Discard)
-	fs.Usage = func() { fmt.Fprint(fs.Output(), usageHead); fs.PrintDefaults() }
-	fs.StringVar(&c.redisURL, "redis-url", str("REDIS_URL", redisconn.DefaultURL), "Redis URL (env REDIS_URL)")
-	fs.IntVar(&c.concurrency, "concurrency", integer("WORKER_CONCURRENCY", 20), "tasks processed at once (env WORKER_CONCURRENCY)")
-	fs.StringVar(&c.opensrsUsername, "opensrs-username", str("OPENSRS_USERNAME", ""), "OpenSRS reseller username (env OPENSRS_USERNAME)")
-	fs.StringVar(&c.opensrsURL, "opensrs-url", str("OPENSRS_URL", opensrs.LiveURL), "OpenSRS XCP base URL (env OPENSRS_URL)")
-	fs.StringVar(&c.digicertURL, "digicert-url", str("DIGICERT_URL", digicert.USURL), "DigiCert Services API base URL (env DIGICERT_URL)")
-	var opensrsRate, digicertRate string
-	fs.StringVar(&opensrsRate, "opensrs-rate-limit", str("OPENSRS_RATE_LIMIT", "off"), "OpenSRS requests allowed, N/PERIOD[,N/PERIOD], or off (env OPENSRS_RATE_LIMIT)")
-	fs.StringVar(&digicertRate, "digicert-rate-limit", str("DIGICERT_RATE_LIMIT", ratelimit.DigiCertDefault), "DigiCert requests allowed, N/PERIOD[,N/PERIOD], or off (env DIGICERT_RATE_LIMIT)")
-	fs.DurationVar(&c.providerTimeout, "provider-timeout", dur("PROVIDER_TIMEOUT", 90*time.Second), "limit of one provider call (env PROVIDER_TIMEOUT)")
-	fs.DurationVar(&c.retryBase, "retry-base", dur("RETRY_BASE", 30*time.Second), "first retry delay, doubling (env RETRY_BASE)")
-	fs.DurationVar(&c.retryMax, "retry-max", dur("RETRY_MAX", time.Hour), "longest retry delay (env RETRY_MAX)")
-	fs.DurationVar(&c.rateLimitWait, "rate-limit-wait", dur("RATE_LIMIT_WAIT", 30*time.Second), "wait after a rate limit without hint (env RATE_LIMIT_WAIT)")
-	fs.StringVar(&c.httpAddr, "http-addr", str("HTTP_ADDR", "127.0.0.1:8080"), "health, metrics and dashboard address, or off (env HTTP_ADDR)")
-	fs.DurationVar(&c.shutdownTimeout, "shutdown-timeout", dur("SHUTDOWN_TIMEOUT", 25*time.Second), "grace for in-flight tasks on shutdown (env SHUTDOWN_TIMEOUT)")
-	fs.DurationVar(&c.reconcileEvery, "reconcile-interval", dur("RECONCILE_INTERVAL", time.Minute), "archive-to-dead-letter sweep period (env RECONCILE_INTERVAL)")
-	fs.DurationVar(&c.retention, "outcome-retention", dur("OUTCOME_RETENTION", 7*24*time.Hour), "attempt history retention (env OUTCOME_RETENTION)")
-	fs.DurationVar(&c.deadRetention, "deadletter-retention", dur("DEADLETTER_RETENTION", deadletter.DefaultRetention), "dead-letter retention, 0 keeps forever (env DEADLETTER_RETENTION)")
-	fs.StringVar(&c.dashboardUser, "dashboard-user", str("DASHBOARD_USER", ""), "dashboard basic-auth user (env DASHBOARD_USER)")
-	fs.BoolVar(&c.dashboardNoAuth, "dashboard-no-auth", false, "serve the dashboard WITHOUT authentication (loopback demos only)")
-	fs.BoolVar(&c.dashboardRO, "dashboard-readonly", boolean("DASHBOARD_READONLY"), "read-only dashboard (env DASHBOARD_READONLY)")
-	fs.StringVar(&c.logLevel, "log-level", str("LOG_LEVEL", "info"), "debug, info, warn or error (env LOG_LEVEL)")
-	fs.BoolVar(&c.demo, "demo", false, "run everything in one process: embedded Redis, provider simulators, sample tasks")
-	fs.BoolVar(&c.demoTasks, "demo-samples", true, "with --demo: enqueue the sample tasks")
-	c.opensrsKey = secretEnv("OPENSRS_API_KEY")
-	c.digicertKey = secretEnv("DIGICERT_API_KEY")
-	c.dashboardPass = secretEnv("DASHBOARD_PASSWORD")
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			fs.SetOutput(stdout)
-			fs.Usage()
-			return nil, flag.ErrHelp
-		}
-		return nil, configErrf("%v (see worker --help)", err)
-	}
-	if fs.NArg() > 0 {
-		return nil, configErrf("unexpected argument %q (see worker --help)", fs.Arg(0))
-	}
-	var err error
-	if c.opensrsRate, err = ratelimit.ParseRules(opensrsRate); err != nil {
-		errs = append(errs, configErrf("OPENSRS_RATE_LIMIT (--opensrs-rate-limit): %v", err))
-	}
-	if c.digicertRate, err = ratelimit.ParseRules(digicertRate); err != nil {
-		errs = append(errs, configErrf("DIGICERT_RATE_LIMIT (--digicert-rate-limit): %v", err))
+	if len(rest) > 0 {
+		return nil, configErrf("unexpected argument %q (see worker --help)", rest[0])
 	}
 	if len(errs) > 0 {
 		return nil, errs[0]
@@ -220,61 +385,32 @@ func loadConfig(args []string, stdout io.Writer, getenv func(string) string) (*c
 	return c, c.validate()
 }
 
+// validate checks each setting, then the rules that tie several together.
 func (c *config) validate() error {
+	for _, s := range settings {
+		if s.check == nil {
+			continue
+		}
+		if msg := s.check(c); msg != "" {
+			return configErrf("%s: %s", s.name(), msg)
+		}
+	}
 	switch {
-	case c.concurrency < 1:
-		return configErrf("WORKER_CONCURRENCY (--concurrency): must be at least 1, got %d", c.concurrency)
-	case c.providerTimeout < time.Second:
-		return configErrf("PROVIDER_TIMEOUT (--provider-timeout): must be at least 1s")
-	case c.retryBase < time.Second:
-		return configErrf("RETRY_BASE (--retry-base): must be at least 1s (asynq schedules in whole seconds)")
-	case c.retryMax < c.retryBase:
-		return configErrf("RETRY_MAX (--retry-max): must be at least RETRY_BASE")
-	case c.rateLimitWait < time.Second:
-		return configErrf("RATE_LIMIT_WAIT (--rate-limit-wait): must be at least 1s")
-	case c.shutdownTimeout < time.Second:
-		return configErrf("SHUTDOWN_TIMEOUT (--shutdown-timeout): must be at least 1s")
-	case c.reconcileEvery < time.Second:
-		return configErrf("RECONCILE_INTERVAL (--reconcile-interval): must be at least 1s")
-	case c.deadRetention != 0 && c.deadRetention < deadletter.MinRetention:
-		return configErrf("DEADLETTER_RETENTION (--deadletter-retention): must be 0 (keep forever) or at least %s, got %s", deadletter.MinRetention, c.deadRetention)
-	case c.retention < minRetention:
-		return configErrf("OUTCOME_RETENTION (--outcome-retention): must be at least %s (success marks must outlive asynq's crash recovery, or a redelivered task is resent), got %s", minRetention, c.retention)
 	case (c.dashboardUser == "") != (c.dashboardPass == ""):
 		return configErrf("DASHBOARD_USER and DASHBOARD_PASSWORD: set both or neither")
 	case c.dashboardNoAuth && c.dashboardUser != "":
 		return configErrf("--dashboard-no-auth: not with DASHBOARD_USER and DASHBOARD_PASSWORD; choose one")
-	case strings.Contains(c.dashboardUser, ":"):
-		return configErrf("DASHBOARD_USER (--dashboard-user): must not contain ':' (basic auth)")
-	}
-	if c.httpAddr != "off" {
-		if err := checkListenAddr(c.httpAddr); err != nil {
-			return configErrf("HTTP_ADDR (--http-addr): %v (host:port, or off)", err)
-		}
-	}
-	if _, err := redisconn.Parse(c.redisURL); err != nil && (!c.demo || c.demoRedis) {
-		return configErrf("REDIS_URL (--redis-url): %v", err)
-	}
-	switch strings.ToLower(c.logLevel) {
-	case "debug", "info", "warn", "error":
-	default:
-		return configErrf("LOG_LEVEL (--log-level): must be debug, info, warn or error, got %q", c.logLevel)
-	}
-	if c.opensrsUsername != "" && c.opensrsKey == "" {
+	case c.opensrsUsername != "" && c.opensrsKey == "":
 		return configErrf("OPENSRS_API_KEY (or OPENSRS_API_KEY_FILE): required when OPENSRS_USERNAME is set")
-	}
-	if c.opensrsKey != "" && c.opensrsUsername == "" {
+	case c.opensrsKey != "" && c.opensrsUsername == "":
 		return configErrf("OPENSRS_USERNAME (--opensrs-username): required when OPENSRS_API_KEY is set")
-	}
-	if !c.demo && c.opensrsKey == "" && c.digicertKey == "" {
+	case c.demo: // the demo brings its own credentials and points the clients at its simulators
+		return nil
+	case c.opensrsKey == "" && c.digicertKey == "":
 		return configErrf("no provider configured: set OPENSRS_USERNAME and OPENSRS_API_KEY (or OPENSRS_API_KEY_FILE), and/or DIGICERT_API_KEY (or DIGICERT_API_KEY_FILE); or run worker --demo")
 	}
-	if !c.demo { // the demo points the clients at its simulators
-		if _, err := buildClients(c, nil); err != nil {
-			return err
-		}
-	}
-	return nil
+	_, err := buildClients(c, nil)
+	return err
 }
 
 // minRetention is the floor of OUTCOME_RETENTION. The success mark that

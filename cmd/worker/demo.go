@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"sync"
 	"time"
 
@@ -36,29 +37,41 @@ const (
 	demoKey  = "demo-key-not-a-secret"
 )
 
-func startDemo(cfg *config, stdout io.Writer) (*demoEnv, error) {
-	d := &demoEnv{out: stdout,
+// startDemo starts the simulators (and the embedded Redis unless
+// --redis-url was given), points cfg at them with the demo's settings, and
+// feeds d: the Redis URL, the HTTP clients that trust the simulators, the
+// printer of every attempt and the sample tasks once the worker runs.
+func startDemo(cfg *config, d *deps) (*demoEnv, error) {
+	demo := &demoEnv{out: d.stdout,
 		opensrs:  opensrstest.NewTLSServer(demoUser, demoKey),
 		digicert: digicerttest.NewTLSServer(demoKey)}
 
 	// Sample behaviour per order: see enqueueSamples.
-	d.opensrs.SetBehavior("1002", opensrstest.Behavior{TransientFailures: 2})
-	d.opensrs.SetBehavior("1003", opensrstest.Behavior{ErrorCode: 480, ErrorText: "Order not found"})
-	d.opensrs.SetBehavior("1004", opensrstest.Behavior{Delay: 20 * time.Second})
-	d.digicert.SetBehavior("2002", digicerttest.Behavior{RateLimited: 1, RetryAfter: 5 * time.Second})
-	d.digicert.SetBehavior("2003", digicerttest.Behavior{ErrorStatus: 404, ErrorCode: "not_found|order", ErrorMessage: "Order not found"})
+	demo.opensrs.SetBehavior("1002", opensrstest.Behavior{TransientFailures: 2})
+	demo.opensrs.SetBehavior("1003", opensrstest.Behavior{ErrorCode: 480, ErrorText: "Order not found"})
+	demo.opensrs.SetBehavior("1004", opensrstest.Behavior{Delay: 20 * time.Second})
+	demo.digicert.SetBehavior("2002", digicerttest.Behavior{RateLimited: 1, RetryAfter: 5 * time.Second})
+	demo.digicert.SetBehavior("2003", digicerttest.Behavior{ErrorStatus: 404, ErrorCode: "not_found|order", ErrorMessage: "Order not found"})
 
 	if !cfg.demoRedis {
 		m := miniredis.NewMiniRedis()
 		if err := m.StartAddr("127.0.0.1:0"); err != nil {
-			d.Close()
+			demo.Close()
 			return nil, fmt.Errorf("demo: start embedded Redis: %w", err)
 		}
-		d.redis = m
-		cfg.redisURL = "redis://" + m.Addr() + "/0"
+		demo.redis = m
+		d.redisURL = "redis://" + m.Addr() + "/0"
 	}
-	cfg.opensrsUsername, cfg.opensrsKey, cfg.opensrsURL = demoUser, demoKey, d.opensrs.URL()
-	cfg.digicertKey, cfg.digicertURL = demoKey, d.digicert.URL()
+	d.httpClients = map[providers.Name]*http.Client{providers.OpenSRS: demo.opensrs.Client(), providers.DigiCert: demo.digicert.Client()}
+	d.recorder = demo.printer
+	d.started = func(ctx context.Context, w *worker) {
+		if err := demo.enqueueSamples(ctx, w.rdb, w.redisURL, w.httpAddr, cfg.demoTasks); err != nil {
+			w.log.Error("demo: enqueue samples", "error", err.Error())
+		}
+	}
+
+	cfg.opensrsUsername, cfg.opensrsKey, cfg.opensrsURL = demoUser, demoKey, demo.opensrs.URL()
+	cfg.digicertKey, cfg.digicertURL = demoKey, demo.digicert.URL()
 	// Fast retries so a new user sees a recovery within seconds.
 	cfg.retryBase, cfg.retryMax = time.Second, 4*time.Second
 	cfg.delayedTaskCheck = time.Second
@@ -69,7 +82,7 @@ func startDemo(cfg *config, stdout io.Writer) (*demoEnv, error) {
 			cfg.dashboardNoAuth = true
 		}
 	}
-	return d, nil
+	return demo, nil
 }
 
 func isLoopback(host string) bool {

@@ -169,8 +169,8 @@ func lastLine(s string) string {
 	return lines[len(lines)-1]
 }
 
-// worker is a running worker in demo mode against a test Redis.
-type worker struct {
+// runningWorker is a running worker in demo mode against a test Redis.
+type runningWorker struct {
 	addr   string
 	demo   *demoEnv
 	stderr *syncBuffer
@@ -179,28 +179,44 @@ type worker struct {
 	done   chan int
 }
 
-func startWorker(t *testing.T, b redistest.Backend, extra ...string) *worker {
+// hooks let a test take part in the worker it starts.
+type hooks struct {
+	// recorder, if set, wraps the handler's recorder (e.g. to slow it down).
+	recorder func(tasks.Recorder) tasks.Recorder
+}
+
+func startWorker(t *testing.T, b redistest.Backend, extra ...string) *runningWorker {
 	t.Helper()
 	return startWorkerHooks(t, b, &hooks{}, extra...)
 }
 
-// startWorkerHooks is startWorker with hooks; h.started is set here.
-func startWorkerHooks(t *testing.T, b redistest.Backend, h *hooks, extra ...string) *worker {
+// startWorkerHooks starts the worker as run does with --demo, its
+// dependencies fed by startDemo, then by h.
+func startWorkerHooks(t *testing.T, b redistest.Backend, h *hooks, extra ...string) *runningWorker {
 	t.Helper()
-	w := &worker{stderr: &syncBuffer{}, stdout: &syncBuffer{}, done: make(chan int, 1)}
+	w := &runningWorker{stderr: &syncBuffer{}, stdout: &syncBuffer{}, done: make(chan int, 1)}
 	args := append([]string{"--demo", "--demo-samples=false", "--redis-url", b.URL, "--http-addr", "127.0.0.1:0", "--concurrency", "4"}, extra...)
 	cfg, err := loadConfig(args, io.Discard, envOf(nil))
 	require.NoError(t, err)
+	d := deps{stdout: w.stdout, stderr: w.stderr}
+	demo, err := startDemo(cfg, &d)
+	require.NoError(t, err)
+	t.Cleanup(demo.Close)
+	if h.recorder != nil {
+		demoRecorder := d.recorder
+		d.recorder = func(r tasks.Recorder) tasks.Recorder { return h.recorder(demoRecorder(r)) }
+	}
 	ready := make(chan struct{})
+	demoStarted := d.started
+	d.started = func(ctx context.Context, sw *worker) {
+		demoStarted(ctx, sw)
+		w.addr, w.demo = sw.httpAddr, demo
+		close(ready)
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	w.cancel = cancel
 	go func() {
-		h.started = func(addr string, d *demoEnv) {
-			w.addr, w.demo = addr, d
-			close(ready)
-		}
-		err := serve(ctx, cfg, w.stdout, w.stderr, h)
-		if err != nil {
+		if err := serve(ctx, cfg, d); err != nil {
 			w.done <- exitFailure
 			return
 		}
@@ -217,7 +233,7 @@ func startWorkerHooks(t *testing.T, b redistest.Backend, h *hooks, extra ...stri
 	return w
 }
 
-func (w *worker) stop(t *testing.T) int {
+func (w *runningWorker) stop(t *testing.T) int {
 	t.Helper()
 	w.cancel()
 	select {

@@ -1,9 +1,9 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"log/slog"
@@ -17,6 +17,7 @@ import (
 	"github.com/hibiken/asynq"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/certmail/certmail/internal/cli"
 	"github.com/certmail/certmail/internal/deadletter"
 	"github.com/certmail/certmail/internal/metrics"
 	"github.com/certmail/certmail/internal/opsserver"
@@ -30,10 +31,11 @@ import (
 	"github.com/certmail/certmail/internal/tasks"
 )
 
+// Exit codes, from the conventions every certmail command shares.
 const (
-	exitOK      = 0
-	exitFailure = 1
-	exitUsage   = 2
+	exitOK      = cli.ExitOK
+	exitFailure = cli.ExitFailure
+	exitUsage   = cli.ExitUsage
 )
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer, getenv func(string) string) int {
@@ -41,23 +43,18 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, getenv fu
 		return healthcheck(ctx, args[1:], stderr, getenv)
 	}
 	cfg, err := loadConfig(args, stdout, getenv)
-	if errors.Is(err, flag.ErrHelp) {
-		return exitOK
-	}
 	if err != nil {
-		fmt.Fprintf(stderr, "worker: %s\n", err)
-		return exitUsage
+		return cli.Report(stderr, "worker", err)
 	}
-	if err := serve(ctx, cfg, stdout, stderr, nil); err != nil {
-		var ce configError
-		if errors.As(err, &ce) {
-			fmt.Fprintf(stderr, "worker: %s\n", err)
-			return exitUsage
+	d := deps{stdout: stdout, stderr: stderr}
+	if cfg.demo {
+		demo, err := startDemo(cfg, &d)
+		if err != nil {
+			return cli.Report(stderr, "worker", err)
 		}
-		fmt.Fprintf(stderr, "worker: %s\n", strings.Join(strings.Fields(err.Error()), " "))
-		return exitFailure
+		defer demo.Close()
 	}
-	return exitOK
+	return cli.Report(stderr, "worker", serve(ctx, cfg, d))
 }
 
 // handlerDrainTimeout bounds the wait, after SHUTDOWN_TIMEOUT, for the
@@ -66,13 +63,19 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, getenv fu
 // (tasks.RecordTimeout) plus a margin.
 const handlerDrainTimeout = tasks.RecordTimeout + 5*time.Second
 
-// hooks lets tests observe the running worker.
-type hooks struct {
-	// started receives the HTTP address, and in demo mode the simulators,
-	// once everything runs.
-	started func(httpAddr string, demo *demoEnv)
-	// recorder, if set, wraps the handler's recorder (e.g. to slow it down).
+// deps is what the worker runs against besides its settings. A production
+// worker sets only the writers; --demo feeds it its embedded Redis, its
+// simulators' HTTP clients and its printer (startDemo), tests their hooks.
+type deps struct {
+	stdout, stderr io.Writer
+	// redisURL, when set, replaces REDIS_URL.
+	redisURL string
+	// httpClients, when set, carry the provider clients' requests.
+	httpClients map[providers.Name]*http.Client
+	// recorder, when set, wraps the outcome store as the handler's recorder.
 	recorder func(tasks.Recorder) tasks.Recorder
+	// started, when set, runs once the worker runs.
+	started func(ctx context.Context, w *worker)
 }
 
 // newLogger masks email addresses in every message and attribute (one
@@ -84,144 +87,174 @@ func newLogger(w io.Writer, level string) *slog.Logger {
 }
 
 // serve runs the worker until ctx ends, then shuts down cleanly.
-func serve(ctx context.Context, cfg *config, stdout, stderr io.Writer, h *hooks) error {
-	log := newLogger(stderr, cfg.logLevel)
-	redisconn.SetLogger(log)
+func serve(ctx context.Context, cfg *config, d deps) error {
+	w, err := newWorker(ctx, cfg, d)
+	if err != nil {
+		return err
+	}
+	defer w.close()
+	if err := w.start(ctx); err != nil {
+		return err
+	}
+	if d.started != nil {
+		d.started(ctx, w)
+	}
+	<-ctx.Done()
+	w.stop()
+	return nil
+}
 
-	var demo *demoEnv
-	if cfg.demo {
-		var err error
-		if demo, err = startDemo(cfg, stdout); err != nil {
-			return err
+// worker is the running worker's parts, built by newWorker.
+type worker struct {
+	cfg      *config
+	log      *slog.Logger
+	redisURL string
+	rdb      redis.UniversalClient
+	queues   map[string]int
+	dl       *deadletter.Service
+	handler  *tasks.Handler
+	srv      *asynq.Server
+	running  atomic.Bool
+	httpLn   net.Listener // nil with HTTP_ADDR=off
+	httpSrv  *http.Server
+	httpAddr string
+
+	closers       []func() error // in the order they were opened
+	stopReconcile context.CancelFunc
+	reconcileDone chan struct{}
+}
+
+// newWorker builds every part of the worker and connects to Redis. Every
+// configuration error is reported before anything is connected.
+func newWorker(ctx context.Context, cfg *config, d deps) (_ *worker, err error) {
+	w := &worker{cfg: cfg, log: newLogger(d.stderr, cfg.logLevel), redisURL: cmp.Or(d.redisURL, cfg.redisURL)}
+	redisconn.SetLogger(w.log)
+	defer func() {
+		if err != nil {
+			w.close()
 		}
-		defer demo.Close()
-	}
-
-	// Every configuration error is reported before anything is connected.
-	clients, err := buildClients(cfg, demo)
+	}()
+	clients, err := buildClients(cfg, d.httpClients)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	rdb, err := redisconn.Connect(ctx, cfg.redisURL, 5*time.Second)
-	if err != nil {
-		return err
+	if w.rdb, err = redisconn.Connect(ctx, w.redisURL, 5*time.Second); err != nil {
+		return nil, err
 	}
-	defer rdb.Close()
+	w.closers = append(w.closers, w.rdb.Close)
 
-	resenders := limitClients(cfg, clients, rdb, log)
-	queues := tasks.QueuesFor(resenders)
-
-	store := outcome.NewStore(rdb, cfg.retention)
-	inspector := asynq.NewInspectorFromRedisClient(rdb)
-	defer inspector.Close()
+	resenders := limitClients(cfg, clients, w.rdb, w.log)
+	w.queues = tasks.QueuesFor(resenders)
+	store := outcome.NewStore(w.rdb, cfg.retention)
+	inspector := asynq.NewInspectorFromRedisClient(w.rdb)
+	w.closers = append(w.closers, inspector.Close)
 	m := metrics.New(inspector, store, tasks.Queues)
-	dl := deadletter.New(rdb, store)
-	defer dl.Close()
+	w.dl = deadletter.New(w.rdb, store)
+	w.closers = append(w.closers, w.dl.Close)
 
 	var recorder tasks.Recorder = store
-	if demo != nil {
-		recorder = demo.printer(store)
+	if d.recorder != nil {
+		recorder = d.recorder(store)
 	}
-	if h != nil && h.recorder != nil {
-		recorder = h.recorder(recorder)
-	}
-	handler := &tasks.Handler{
-		Resenders:       resenders,
-		Recorder:        recorder,
-		Observer:        m,
-		Logger:          log,
-		ProviderTimeout: cfg.providerTimeout,
-		InAttempt:       tasks.DefaultInAttempt,
-	}
-	policy := tasks.RetryPolicy{Base: cfg.retryBase, Max: cfg.retryMax, Jitter: 0.2, RateLimitWait: cfg.rateLimitWait}
-	var running atomic.Bool
-	srv := asynq.NewServerFromRedisClient(rdb, asynq.Config{
+	w.handler = &tasks.Handler{Resenders: resenders, Recorder: recorder, Observer: m, Logger: w.log,
+		ProviderTimeout: cfg.providerTimeout, InAttempt: tasks.DefaultInAttempt}
+	policy := tasks.DefaultRetryPolicy
+	policy.Base, policy.Max, policy.RateLimitWait = cfg.retryBase, cfg.retryMax, cfg.rateLimitWait
+	w.srv = asynq.NewServerFromRedisClient(w.rdb, asynq.Config{
 		Concurrency:              cfg.concurrency,
-		Queues:                   queues,
+		Queues:                   w.queues,
 		RetryDelayFunc:           policy.RetryDelay,
 		IsFailure:                tasks.IsFailure,
 		ShutdownTimeout:          cfg.shutdownTimeout,
-		Logger:                   asynqLogger{log},
+		Logger:                   asynqLogger{w.log},
 		LogLevel:                 asynqLevel(cfg.logLevel),
 		TaskCheckInterval:        cfg.taskCheck,
 		DelayedTaskCheckInterval: cfg.delayedTaskCheck,
 	})
 
-	var httpSrv *http.Server
-	var ops *opsserver.Server
-	httpAddr := ""
-	if cfg.httpAddr != "off" {
-		dash := opsserver.DashboardConfig{User: cfg.dashboardUser, Password: string(cfg.dashboardPass), NoAuth: cfg.dashboardNoAuth, ReadOnly: cfg.dashboardRO}
-		ops, err = opsserver.New(opsserver.Config{
-			RedisURL: cfg.redisURL, Redis: rdb, Running: running.Load, Metrics: m.Handler(), Dashboard: dash, Logger: log,
-		})
-		if err != nil {
-			return err
-		}
-		defer ops.Close()
-		ln, err := net.Listen("tcp", cfg.httpAddr)
-		if err != nil {
-			return fmt.Errorf("HTTP_ADDR %s: %w", cfg.httpAddr, err)
-		}
-		httpAddr = ln.Addr().String()
-		httpSrv = &http.Server{Handler: ops.Handler(), ReadHeaderTimeout: 10 * time.Second}
+	if cfg.httpAddr == "off" {
+		return w, nil
+	}
+	dash := opsserver.DashboardConfig{User: cfg.dashboardUser, Password: string(cfg.dashboardPass), NoAuth: cfg.dashboardNoAuth, ReadOnly: cfg.dashboardRO}
+	ops, err := opsserver.New(opsserver.Config{
+		RedisURL: w.redisURL, Redis: w.rdb, Running: w.running.Load, Metrics: m.Handler(), Dashboard: dash, Logger: w.log,
+	})
+	if err != nil {
+		return nil, err
+	}
+	w.closers = append(w.closers, func() error { ops.Close(); return nil })
+	if w.httpLn, err = net.Listen("tcp", cfg.httpAddr); err != nil {
+		return nil, fmt.Errorf("HTTP_ADDR %s: %w", cfg.httpAddr, err)
+	}
+	w.closers = append(w.closers, w.httpLn.Close)
+	w.httpAddr = w.httpLn.Addr().String()
+	w.httpSrv = &http.Server{Handler: ops.Handler(), ReadHeaderTimeout: 10 * time.Second}
+	return w, nil
+}
+
+// start serves HTTP, starts the asynq server and the dead-letter sweep.
+func (w *worker) start(ctx context.Context) error {
+	if w.httpSrv != nil {
 		go func() {
-			if err := httpSrv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-				log.Error("http server stopped", "error", err.Error())
+			if err := w.httpSrv.Serve(w.httpLn); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				w.log.Error("http server stopped", "error", err.Error())
 			}
 		}()
 	}
-
-	if err := srv.Start(handler); err != nil {
+	if err := w.srv.Start(w.handler); err != nil {
 		return fmt.Errorf("start asynq server: %w", err)
 	}
-	running.Store(true)
-	names := make([]string, 0, len(queues))
-	for q := range queues {
+	w.running.Store(true)
+	names := make([]string, 0, len(w.queues))
+	for q := range w.queues {
 		names = append(names, q)
 	}
-	log.Info("worker started", "queues", names, "concurrency", cfg.concurrency, "http_addr", httpAddr,
-		"redis", redisconn.Redact(cfg.redisURL), "retry_base", cfg.retryBase.String(), "retry_max", cfg.retryMax.String())
+	w.log.Info("worker started", "queues", names, "concurrency", w.cfg.concurrency, "http_addr", w.httpAddr,
+		"redis", redisconn.Redact(w.redisURL), "retry_base", w.cfg.retryBase.String(), "retry_max", w.cfg.retryMax.String())
 
-	reconcileDone := make(chan struct{})
-	rctx, stopReconcile := context.WithCancel(ctx)
+	w.reconcileDone = make(chan struct{})
+	var rctx context.Context
+	rctx, w.stopReconcile = context.WithCancel(ctx)
 	go func() {
-		defer close(reconcileDone)
-		reconcileLoop(rctx, dl, cfg.reconcileEvery, cfg.deadRetention, log)
+		defer close(w.reconcileDone)
+		reconcileLoop(rctx, w.dl, w.cfg.reconcileEvery, w.cfg.deadRetention, w.log)
 	}()
+	return nil
+}
 
-	if demo != nil {
-		if err := demo.enqueueSamples(ctx, rdb, cfg.redisURL, httpAddr, cfg.demoTasks); err != nil {
-			log.Error("demo: enqueue samples", "error", err.Error())
-		}
-	}
-	if h != nil && h.started != nil {
-		h.started(httpAddr, demo)
-	}
-
-	<-ctx.Done()
-	log.Info("shutting down: no new tasks; waiting for in-flight tasks", "timeout", cfg.shutdownTimeout.String())
-	running.Store(false)
-	stopReconcile()
-	<-reconcileDone
-	handler.Stopping()
-	srv.Shutdown() // requeues what did not finish within ShutdownTimeout
+// stop shuts the worker down: no new tasks, in-flight ones given
+// SHUTDOWN_TIMEOUT, then requeued once their interrupted attempts are
+// recorded.
+func (w *worker) stop() {
+	w.log.Info("shutting down: no new tasks; waiting for in-flight tasks", "timeout", w.cfg.shutdownTimeout.String())
+	w.running.Store(false)
+	w.stopReconcile()
+	<-w.reconcileDone
+	w.handler.Stopping()
+	w.srv.Shutdown() // requeues what did not finish within ShutdownTimeout
 	// Shutdown returns without waiting for the handlers of the tasks it
 	// requeued; it has cancelled them, and they are recording their
 	// interrupted attempts (which releases their claims). Redis stays open
 	// until they have, or the requeued tasks would wait on stale claims.
 	wctx, cancelWait := context.WithTimeout(context.Background(), handlerDrainTimeout)
-	if err := handler.Wait(wctx); err != nil {
-		log.Error("shutdown: interrupted attempts not all recorded; their tasks may wait for their claims to expire", "error", err.Error())
+	if err := w.handler.Wait(wctx); err != nil {
+		w.log.Error("shutdown: interrupted attempts not all recorded; their tasks may wait for their claims to expire", "error", err.Error())
 	}
 	cancelWait()
-	if httpSrv != nil {
+	if w.httpSrv != nil {
 		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		_ = httpSrv.Shutdown(sctx)
+		_ = w.httpSrv.Shutdown(sctx)
 		cancel()
 	}
-	log.Info("worker stopped")
-	return nil
+	w.log.Info("worker stopped")
+}
+
+// close releases what newWorker opened, last opened first.
+func (w *worker) close() {
+	for i := len(w.closers) - 1; i >= 0; i-- {
+		_ = w.closers[i]()
+	}
+	w.closers = nil
 }
 
 // clients are the configured provider clients, before rate limiting.
@@ -235,7 +268,7 @@ type clients struct {
 // concurrent calls reuse connections instead of opening new ones. It
 // needs no Redis, so loadConfig runs it too and a bad URL or key is reported
 // as a configuration error before anything is connected.
-func buildClients(cfg *config, demo *demoEnv) (clients, error) {
+func buildClients(cfg *config, httpClients map[providers.Name]*http.Client) (clients, error) {
 	var out clients
 	if cfg.opensrsKey != "" {
 		opts := []opensrs.Option{
@@ -244,8 +277,8 @@ func buildClients(cfg *config, demo *demoEnv) (clients, error) {
 			opensrs.WithTimeout(cfg.providerTimeout),
 			opensrs.WithMaxConns(cfg.concurrency),
 		}
-		if demo != nil {
-			opts = append(opts, opensrs.WithHTTPClient(demo.opensrs.Client()))
+		if hc := httpClients[providers.OpenSRS]; hc != nil {
+			opts = append(opts, opensrs.WithHTTPClient(hc))
 		}
 		c, err := opensrs.New(opts...)
 		if err != nil {
@@ -260,8 +293,8 @@ func buildClients(cfg *config, demo *demoEnv) (clients, error) {
 			digicert.WithTimeout(cfg.providerTimeout),
 			digicert.WithMaxConns(cfg.concurrency),
 		}
-		if demo != nil {
-			opts = append(opts, digicert.WithHTTPClient(demo.digicert.Client()))
+		if hc := httpClients[providers.DigiCert]; hc != nil {
+			opts = append(opts, digicert.WithHTTPClient(hc))
 		}
 		c, err := digicert.New(opts...)
 		if err != nil {

@@ -19,10 +19,10 @@
 //
 //	cmd/enqueue run → Enqueuer.Enqueue (dedup mark) → asynq Client
 //	  → Redis: asynq queue opensrs | digicert
-//	  → cmd/worker serve: asynq Server → Handler.ProcessTask
+//	  → cmd/worker newWorker + worker.start: asynq Server → Handler.ProcessTask
 //	  → Decode → Handler.claim → outcome.Store.Claim
 //	  → InAttempt.call → ratelimit.Resender.Resend → opensrs/digicert Client.Resend
-//	  → providers.Describe → Handler.finish → outcome.Store.Record
+//	  → Handler.settle → decide (providers.Describe) → Handler.finish → outcome.Store.Record
 //	  → asynq: RetryPolicy.RetryDelay + IsFailure (retry) | SkipRetry (archive)
 //	  → dead letter: worker sweep deadletter.Service.Reconcile + Prune;
 //	    cmd/dlq → deadletter.Service.Replay | Delete
@@ -39,7 +39,7 @@
 // Redis. The task waits in its provider's asynq queue, opensrs or digicert
 // (asynq:{queue}:pending, or :scheduled when delayed; docs/asynq.md §11).
 //
-// Worker. cmd/worker's serve builds the provider clients, wraps each in
+// Worker. cmd/worker's newWorker builds the provider clients, wraps each in
 // the shared rate limiter (limitClients → ratelimit.Wrap), and starts an
 // asynq Server (NewServerFromRedisClient with RetryPolicy.RetryDelay and
 // IsFailure) on the queues of the configured providers, with a [Handler].
@@ -58,7 +58,8 @@
 //     one comes back as rate-limited without reaching the provider) to the
 //     provider client's Resend (opensrs.Client.Resend,
 //     digicert.Client.Resend), which makes exactly one HTTP request;
-//  4. classifies the answer ([providers.Describe]: success, transient,
+//  4. decides what the answer means (Handler.settle → decide, a pure
+//     function: [providers.Describe] gives success, transient,
 //     rate_limited, permanent, configuration; docs/providers.md §1 and the
 //     tables in docs/opensrs.md §6, docs/digicert.md §4);
 //  5. records the attempt (Handler.finish → outcome.Store.Record: the
@@ -73,7 +74,7 @@
 // Dead letters. A task asynq archives already has its record
 // (certmail:dead:<id>) from step 5. Tasks archived without passing through
 // the handler (a crashed worker's, by asynq's recoverer) are found by the
-// sweep in every worker: serve's reconcileLoop → sweep →
+// sweep in every worker: worker.start's reconcileLoop → sweep →
 // deadletter.Service.Reconcile, then deadletter.Service.Prune expires
 // records older than DEADLETTER_RETENTION (docs/asynq.md §5). Operators
 // read them with cmd/dlq and replay (deadletter.Service.Replay: a new task

@@ -137,7 +137,8 @@ func (h *Handler) now() time.Time {
 	return time.Now()
 }
 
-// ProcessTask implements asynq.Handler.
+// ProcessTask implements asynq.Handler: decode, claim, call, then decide
+// (decide.go) and record.
 //
 // Every exit records the attempt, and every exit on which asynq archives the
 // task (SkipRetry, or a counted failure with no retry left) also writes the
@@ -145,184 +146,105 @@ func (h *Handler) now() time.Time {
 func (h *Handler) ProcessTask(ctx context.Context, t *asynq.Task) (err error) {
 	h.enter()
 	defer h.leave()
-	start := h.now()
+	at := h.begin(ctx, t)
+	defer func() {
+		if v := recover(); v != nil {
+			h.Logger.ErrorContext(ctx, "task handler panicked", "task_id", at.rec.TaskID, "panic", redact.Emails(fmt.Sprint(v)), "stack", string(debug.Stack()))
+			err = h.settle(ctx, at, stepPanic, errors.New(redact.Emails(fmt.Sprintf("panic: %v", v))), 0)
+		}
+	}()
+	if at.decodeErr != nil {
+		return h.settle(ctx, at, stepDecode, at.decodeErr, 0)
+	}
+	at.rec.Provider = string(at.payload.Provider())
+	r, ok := h.Resenders[at.payload.Provider()]
+	if !ok {
+		return h.settle(ctx, at, stepUnconfigured, fmt.Errorf("provider %s is not configured on this worker", at.payload.Provider()), 0)
+	}
+
+	callCtx, cancel := h.callContext(ctx)
+	defer cancel()
+	state, doneAt, err := h.claim(callCtx, at.rec.TaskID, &at.rec, at.last())
+	if err != nil {
+		return h.settle(ctx, at, stepClaim, err, 0)
+	}
+	if state == outcome.AlreadySucceeded {
+		// Delivered once already (a crash or lease loss came between the
+		// provider's answer and asynq's ack): do not email twice.
+		at.rec.ProviderMessage = "already resent at " + doneAt.UTC().Format(time.RFC3339) + "; duplicate delivery suppressed"
+		h.writeResult(ctx, t, Result{Provider: at.rec.Provider, OrderID: at.rec.OrderID, Reference: at.rec.Reference, Attempt: at.rec.Attempt,
+			ProviderMessage: at.rec.ProviderMessage, Duplicate: true, CompletedAt: h.now()})
+		return h.settle(ctx, at, stepCall, nil, 0)
+	}
+
+	callStart := h.now()
+	res, err := h.InAttempt.call(callCtx, func() (providers.Result, error) { return r.Resend(callCtx, at.payload.Request()) })
+	latency := h.now().Sub(callStart)
+	if err == nil {
+		at.rec.HTTPStatus, at.rec.ProviderCode, at.rec.ProviderMessage = res.StatusCode, res.Code, redact.Emails(res.Message)
+		h.writeResult(ctx, t, Result{Provider: at.rec.Provider, OrderID: at.rec.OrderID, Reference: at.rec.Reference, Attempt: at.rec.Attempt,
+			HTTPStatus: res.StatusCode, ProviderCode: res.Code, ProviderMessage: at.rec.ProviderMessage, CompletedAt: h.now()})
+	}
+	return h.settle(ctx, at, stepCall, err, latency)
+}
+
+// attempt is one ProcessTask call: the task, its asynq counters, its
+// decoded payload and the record being filled in.
+type attempt struct {
+	task              *asynq.Task
+	start             time.Time
+	retried, maxRetry int
+	payload           Payload
+	decodeErr         error
+	rec               outcome.Attempt
+}
+
+// last reports whether asynq archives the task if this attempt fails.
+func (at *attempt) last() bool { return at.retried >= at.maxRetry }
+
+// begin reads the task's context and payload into a new attempt record.
+func (h *Handler) begin(ctx context.Context, t *asynq.Task) *attempt {
+	at := &attempt{task: t, start: h.now()}
 	id, _ := asynq.GetTaskID(ctx)
 	queue, _ := asynq.GetQueueName(ctx)
-	retried, _ := asynq.GetRetryCount(ctx)
-	maxRetry, _ := asynq.GetMaxRetry(ctx)
+	at.retried, _ = asynq.GetRetryCount(ctx)
+	at.maxRetry, _ = asynq.GetMaxRetry(ctx)
 	// The payload is parsed once; Meta reads what it can of a broken one,
 	// so that even its dead letter names the order.
-	p, decodeErr := Decode(t.Type(), t.Payload())
 	var orderID, ref string
-	if decodeErr == nil {
-		orderID, ref = p.Order(), p.Ref()
+	if at.payload, at.decodeErr = Decode(t.Type(), t.Payload()); at.decodeErr == nil {
+		orderID, ref = at.payload.Order(), at.payload.Ref()
 	} else {
 		orderID, ref = Meta(t.Payload())
 	}
 	// Everything stored beside the payload (attempts, result, dead-letter
 	// fields) and logged carries the reference masked; the payload keeps it.
-	ref = redact.Emails(ref)
-	a := outcome.Attempt{
+	at.rec = outcome.Attempt{
 		TaskID: id, Type: t.Type(), Queue: queue, Provider: queue,
-		OrderID: orderID, Reference: ref, Attempt: retried + 1, At: start,
+		OrderID: orderID, Reference: redact.Emails(ref), Attempt: at.retried + 1, At: at.start,
 	}
-	dead := func(class string, err error) *outcome.DeadLetter {
-		return &outcome.DeadLetter{
-			ID: id, Type: t.Type(), Queue: queue, Provider: queue, OrderID: orderID, Reference: ref,
-			Payload: outcome.Payload(t.Payload()), Retried: retried, MaxRetry: maxRetry,
-			LastError: redact.Emails(err.Error()), LastFailedAt: h.now(), Class: class, Source: "handler",
-		}
-	}
-	defer func() {
-		// asynq would turn a panic (say, in a provider client) into a
-		// failure too, but without the attempt record that releases the
-		// in-flight claim, and without a dead letter on the last attempt.
-		if v := recover(); v != nil {
-			h.Logger.ErrorContext(ctx, "task handler panicked", "task_id", id, "panic", redact.Emails(fmt.Sprint(v)), "stack", string(debug.Stack()))
-			perr := errors.New(redact.Emails(fmt.Sprintf("panic: %v", v)))
-			a.Class, a.Error = "panic", perr.Error()
-			var dl *outcome.DeadLetter
-			if a.Outcome = outcome.Retrying; retried >= maxRetry {
-				a.Outcome, dl = outcome.Dead, dead("panic", perr)
-			}
-			h.finish(ctx, start, &a, dl, 0)
-			err = perr
-		}
-	}()
-
-	if decodeErr != nil {
-		err := fmt.Errorf("invalid payload: %s", redact.Emails(decodeErr.Error()))
-		a.Outcome, a.Class, a.Error = outcome.Dead, "invalid_payload", err.Error()
-		h.finish(ctx, start, &a, dead("invalid_payload", err), 0)
-		return &deadError{err}
-	}
-	a.Provider = string(p.Provider())
-	last := retried >= maxRetry
-	r, ok := h.Resenders[p.Provider()]
-	if !ok {
-		// Only reachable if a task sits in the wrong queue: the worker does
-		// not consume queues of unconfigured providers.
-		err := fmt.Errorf("provider %s is not configured on this worker", p.Provider())
-		a.Class, a.Error = "configuration", err.Error()
-		if last {
-			a.Outcome = outcome.Dead
-			h.finish(ctx, start, &a, dead("configuration", err), 0)
-			return err
-		}
-		a.Outcome = outcome.Retrying
-		h.finish(ctx, start, &a, nil, 0)
-		return err
-	}
-
-	callCtx, cancel := h.callContext(ctx)
-	defer cancel()
-	state, at, err := h.claim(callCtx, id, &a, last)
-	if err != nil {
-		var rl *RateLimitError
-		switch {
-		case errors.Is(ctx.Err(), context.Canceled):
-			err = fmt.Errorf("while waiting for another delivery: %w", err)
-			return h.interrupted(ctx, start, &a, err, last, dead, 0)
-		case errors.As(err, &rl):
-			// Another delivery of this very task is calling the provider
-			// (asynq redelivered it after a lease expiry or timeout): come
-			// back when its claim has ended, without spending the budget.
-			a.Outcome, a.Class, a.Error, a.RetryInMS = outcome.Retrying, "in_flight", err.Error(), rl.RetryIn.Milliseconds()
-			h.finish(ctx, start, &a, nil, 0)
-			return err
-		case last && errors.Is(err, context.DeadlineExceeded):
-			// On the last attempt claim waits for the other delivery; it held
-			// the call until this attempt's deadline, and asynq now archives.
-			err = errors.New("another delivery of this task held the provider call until this attempt's deadline")
-			a.Outcome, a.Class, a.Error = outcome.Dead, "in_flight", err.Error()
-			h.finish(ctx, start, &a, dead("in_flight", err), 0)
-			return err
-		case last:
-			// Redis trouble with no retry left: asynq archives the task.
-			err = errors.New(redact.Emails(err.Error()))
-			a.Outcome, a.Class, a.Error = outcome.Dead, "retries_exhausted", err.Error()
-			h.finish(ctx, start, &a, dead("retries_exhausted", err), 0)
-			return err
-		default:
-			// Redis trouble: asynq retries.
-			a.Outcome, a.Class, a.Error = outcome.Retrying, providers.Transient.String(), redact.Emails(err.Error())
-			h.finish(ctx, start, &a, nil, 0)
-			return err
-		}
-	}
-	if state == outcome.AlreadySucceeded {
-		// Delivered once already (a crash or lease loss came between the
-		// provider's answer and asynq's ack): do not email twice.
-		a.Outcome, a.Class = outcome.Succeeded, providers.Success.String()
-		a.ProviderMessage = "already resent at " + at.UTC().Format(time.RFC3339) + "; duplicate delivery suppressed"
-		res := Result{Provider: a.Provider, OrderID: orderID, Reference: ref, Attempt: a.Attempt,
-			ProviderMessage: a.ProviderMessage, Duplicate: true, CompletedAt: h.now()}
-		h.writeResult(ctx, t, res)
-		h.finish(ctx, start, &a, nil, 0)
-		return nil
-	}
-
-	callStart := h.now()
-	res, err := h.InAttempt.call(callCtx, func() (providers.Result, error) { return r.Resend(callCtx, p.Request()) })
-	latency := h.now().Sub(callStart)
-
-	if err == nil {
-		a.Outcome, a.Class = outcome.Succeeded, providers.Success.String()
-		a.HTTPStatus, a.ProviderCode, a.ProviderMessage = res.StatusCode, res.Code, redact.Emails(res.Message)
-		h.writeResult(ctx, t, Result{Provider: a.Provider, OrderID: orderID, Reference: ref, Attempt: a.Attempt,
-			HTTPStatus: res.StatusCode, ProviderCode: res.Code, ProviderMessage: a.ProviderMessage, CompletedAt: h.now()})
-		h.finish(ctx, start, &a, nil, latency)
-		return nil
-	}
-
-	d := providers.Describe(err)
-	msg := redact.Emails(err.Error())
-	a.Class, a.HTTPStatus, a.ProviderCode, a.ProviderMessage, a.Error = d.Class.String(), d.StatusCode, d.Code, redact.Emails(d.Message), msg
-	switch {
-	case errors.Is(ctx.Err(), context.Canceled):
-		return h.interrupted(ctx, start, &a, errors.New(msg), last, dead, latency)
-	case d.Class == providers.Permanent || d.Class == providers.Configuration:
-		a.Outcome = outcome.Dead
-		h.finish(ctx, start, &a, dead(d.Class.String(), errors.New(msg)), latency)
-		return &deadError{errors.New(msg)}
-	case d.Class == providers.RateLimited && !last:
-		a.Outcome = outcome.RateLimited
-		a.RetryInMS = d.RetryAfter.Milliseconds()
-		h.finish(ctx, start, &a, nil, latency)
-		return &RateLimitError{RetryIn: d.RetryAfter, Err: errors.New(msg)}
-	case last:
-		// asynq archives the task when this attempt fails (for a rate limit
-		// too: a task with no budget left cannot bounce).
-		a.Outcome = outcome.Dead
-		class := "retries_exhausted"
-		h.finish(ctx, start, &a, dead(class, errors.New(msg)), latency)
-		return errors.New(msg)
-	default:
-		a.Outcome = outcome.Retrying
-		h.finish(ctx, start, &a, nil, latency)
-		return errors.New(msg)
-	}
+	return at
 }
 
-// interrupted records an attempt whose context was cancelled. At shutdown
-// asynq has already put the task back to pending with its budget untouched
-// (and ignores what the handler returns): the attempt is recorded as
-// retrying, class "interrupted", which also releases the in-flight claim so
-// the requeued task is not blocked. Any other cancellation (lease loss, the
-// dashboard's cancel) is a failure to asynq, which archives the task when
-// no retry is left: then the dead letter is written here.
-func (h *Handler) interrupted(ctx context.Context, start time.Time, a *outcome.Attempt, err error, last bool,
-	dead func(string, error) *outcome.DeadLetter, latency time.Duration) error {
-	err = fmt.Errorf("interrupted: %w", err)
-	a.Class, a.Error = "interrupted", err.Error()
-	if last && !h.stopping.Load() {
-		a.Outcome = outcome.Dead
-		h.finish(ctx, start, a, dead("interrupted", err), latency)
-		return err
+// settle decides how the attempt ended, records the decision (with the
+// task's dead letter when asynq archives it) and returns asynq's error.
+func (h *Handler) settle(ctx context.Context, at *attempt, s step, err error, latency time.Duration) error {
+	dec := decide(ending{Step: s, Err: err, Cancelled: errors.Is(ctx.Err(), context.Canceled), Stopping: h.stopping.Load(), Last: at.last()})
+	a := &at.rec
+	a.Outcome, a.Class, a.Error, a.RetryInMS = dec.Outcome, dec.Class, dec.Error, dec.RetryIn.Milliseconds()
+	if s == stepCall && err != nil {
+		a.HTTPStatus, a.ProviderCode, a.ProviderMessage = dec.Detail.StatusCode, dec.Detail.Code, redact.Emails(dec.Detail.Message)
 	}
-	a.Outcome = outcome.Retrying
-	h.finish(ctx, start, a, nil, latency)
-	return err
+	var dead *outcome.DeadLetter
+	if dec.DeadLetter != "" {
+		dead = &outcome.DeadLetter{
+			ID: a.TaskID, Type: a.Type, Queue: a.Queue, Provider: a.Queue, OrderID: a.OrderID, Reference: a.Reference,
+			Payload: outcome.Payload(at.task.Payload()), Retried: at.retried, MaxRetry: at.maxRetry,
+			LastError: redact.Emails(dec.Error), LastFailedAt: h.now(), Class: dec.DeadLetter, Source: "handler",
+		}
+	}
+	h.finish(ctx, at.start, a, dead, latency)
+	return dec.Return
 }
 
 // claimSlack outlives the provider call in the in-flight claim, covering

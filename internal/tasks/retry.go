@@ -24,7 +24,9 @@ type RetryPolicy struct {
 	RateLimitWait time.Duration
 }
 
-// DefaultRetryPolicy matches the worker's documented defaults.
+// DefaultRetryPolicy is the worker's default schedule: the settings table in
+// cmd/worker takes the defaults of RETRY_BASE, RETRY_MAX and RATE_LIMIT_WAIT
+// from it, and a test there checks them against the README.
 var DefaultRetryPolicy = RetryPolicy{Base: 30 * time.Second, Max: time.Hour, Jitter: 0.2, RateLimitWait: 30 * time.Second}
 
 func (p RetryPolicy) exponential() *backoff.ExponentialBackOff {
