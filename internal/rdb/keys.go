@@ -55,5 +55,5 @@ func AsynqArchivedKey(queue string) string { return "asynq:{" + queue + "}:archi
 
 // AsynqTaskKey is asynq's hash of one task (internal/base.TaskKey in asynq
 // v0.26.0), present in every state from enqueue until the task is deleted.
-// Read only.
+// Read only; TestTaskKeyMatchesAsynq (internal/tasks) pins it against asynq.
 func AsynqTaskKey(queue, id string) string { return "asynq:{" + queue + "}:t:" + id }
