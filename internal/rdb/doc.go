@@ -19,8 +19,8 @@
 //	                                               letter is replayed, deleted or expired
 //	certmail:outcomes                      stream  none: capped (XADD MAXLEN ~, 100,000 entries)
 //	certmail:done:{<id>}                   string  OUTCOME_RETENTION: the success mark, RFC 3339 time
-//	certmail:inflight:{<id>}               string  the claim's lease (the task's timeout); released by
-//	                                               the Record that ends the attempt
+//	certmail:inflight:{<id>}               string  the attempt's deadline + 10 s (the handler's lease);
+//	                                               released by the record that ends the attempt
 //	certmail:dedup:<sha256>                string  the dedup window (10m); "<task id> <unix ms>"
 //	certmail:dedup:<sha256>:failed         string  the dedup window: ID of a task whose enqueue failed
 //	                                               while its mark could not be released
@@ -30,8 +30,8 @@
 //	                                               tombstone it; an expiry would do neither
 //	certmail:dead                          zset    none: the index of dead letters, scored by time of
 //	                                               death (ms); members leave with their records
-//	certmail:deadclaim:<id>                string  the claim's lease; "<op>:<token>", then
-//	                                               "finished:<op>:<token>" for 10m
+//	certmail:deadclaim:<id>                string  the claim's lease (deadletter.ClaimLease, 1m);
+//	                                               "<op>:<token>", then "finished:<op>:<token>" for 10m
 //	certmail:tomb:<id>                     string  outcome.TombstoneTTL (24h): "replayed", "deleted"
 //	                                               or "expired"
 //	certmail:ratelimit:<provider>:<h>:<i>  string  until the bucket is full again (redis_rate sets it);
@@ -54,9 +54,10 @@
 //   - claimScript (done + inflight) is the only multi-key script on the hot
 //     path; both keys carry the task ID as hash tag {<id>}, so it stays in
 //     one slot.
-//   - releaseScript, takeoverScript, repointScript and the limiter script
-//     each touch one key.
-//   - Record is a pipeline, not a transaction: its commands need no
+//   - releaseScript, takeoverScript, repointScript and the limiter's script
+//     (redis_rate's own, the one script run here that certmail does not
+//     write) each touch one key.
+//   - RecordAttempt is a pipeline, not a transaction: its commands need no
 //     slot-mates (a cluster client splits it per node, at the cost of a
 //     round trip per node).
 //   - addDeadScript (dead, tomb, index, attempts of one ID and the asynq
@@ -72,5 +73,6 @@
 // Running on a cluster therefore needs the dead-letter keys of one ID
 // tagged alike ({<id>}), the index split or kept outside those scripts, and
 // the successor and asynq checks done as separate reads; the Cluster issue
-// decides how.
+// decides how. TestSlots holds this list: a script that moves into one slot,
+// or out of it, changes a row there.
 package rdb
