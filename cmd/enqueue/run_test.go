@@ -17,7 +17,7 @@ import (
 	"github.com/redis/go-redis/v9"
 	"github.com/stretchr/testify/require"
 
-	"github.com/certmail/certmail/internal/outcome"
+	"github.com/certmail/certmail/internal/rdb"
 	"github.com/certmail/certmail/internal/redistest"
 	"github.com/certmail/certmail/internal/tasks"
 )
@@ -451,7 +451,7 @@ func TestMayHaveBeenEnqueued(t *testing.T) {
 		require.NoError(t, err)
 		// The mark's key, as tasks.dedupHash builds it.
 		sum := sha256.Sum256(append([]byte(p.Type()+"\x00"), body...))
-		key := outcome.DedupKey(hex.EncodeToString(sum[:]))
+		key := rdb.DedupKey(hex.EncodeToString(sum[:]))
 		// Set 20 s ago by a request that has not enqueued (yet).
 		mark := fmt.Sprintf("%s %d", orphan, time.Now().Add(-20*time.Second).UnixMilli())
 		require.NoError(t, e.rdb.Set(t.Context(), key, mark, time.Minute).Err())

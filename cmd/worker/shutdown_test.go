@@ -14,6 +14,7 @@ import (
 
 	"github.com/certmail/certmail/internal/outcome"
 	"github.com/certmail/certmail/internal/providers/opensrs/opensrstest"
+	certrdb "github.com/certmail/certmail/internal/rdb"
 	"github.com/certmail/certmail/internal/redistest"
 	"github.com/certmail/certmail/internal/tasks"
 	"github.com/certmail/certmail/internal/testbin"
@@ -80,7 +81,7 @@ func TestSIGTERMRequeuesSlowTaskWithItsAttemptRecorded(t *testing.T) {
 	insp := asynq.NewInspectorFromRedisClient(rdb)
 	defer insp.Close()
 	store := outcome.NewStore(rdb, 0)
-	claimKey := func(id string) string { return outcome.KeyPrefix + "inflight:{" + id + "}" }
+	claimKey := func(id string) string { return certrdb.InflightKey(id) }
 
 	w := startWorkerProc(t, bin, b.URL, "SHUTDOWN_TIMEOUT=1s")
 	enq := tasks.NewEnqueuer(rdb)
@@ -180,6 +181,6 @@ func TestShutdownWaitsForInterruptedAttempts(t *testing.T) {
 		require.NoError(t, err)
 		require.Len(t, as, 1, "the interrupted attempt is recorded before Redis closes")
 		require.Equal(t, outcome.Retrying, as[0].Outcome)
-		require.Zero(t, rdb.Exists(t.Context(), outcome.KeyPrefix+"inflight:{"+res.ID+"}").Val(), "the claim is released")
+		require.Zero(t, rdb.Exists(t.Context(), certrdb.InflightKey(res.ID)).Val(), "the claim is released")
 	})
 }

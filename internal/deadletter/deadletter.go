@@ -43,7 +43,7 @@
 //  3. Order: claim → delete the archived task → enqueue the successor →
 //     finish. Finish (outcome.FinishDead, one script, only for the claim's
 //     holder) deletes record and index entry and writes the tombstone
-//     certmail:tomb:{id} ("replayed" or "deleted", outcome.TombstoneTTL).
+//     rdb.TombKey ("replayed" or "deleted", outcome.TombstoneTTL).
 //     Only the caller whose finish succeeds reports the replay, so exactly
 //     one "OLD NEW" line is printed per letter across all processes.
 //

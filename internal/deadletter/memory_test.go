@@ -15,6 +15,7 @@ import (
 
 	"github.com/certmail/certmail/internal/deadletter/deadlettertest"
 	"github.com/certmail/certmail/internal/providers"
+	certrdb "github.com/certmail/certmail/internal/rdb"
 	"github.com/certmail/certmail/internal/redistest"
 	"github.com/certmail/certmail/internal/tasks"
 )
@@ -120,7 +121,7 @@ func TestRedisMemoryPerTask(t *testing.T) {
 	afterOK := measure(t, rdb)
 	completed := afterOK.delta(base)
 	for fam, ok := range afterOK.ttl {
-		if strings.HasPrefix(fam, "certmail:") && fam != "certmail:outcomes" {
+		if strings.HasPrefix(fam, certrdb.Prefix) && fam != certrdb.OutcomesKey {
 			require.True(t, ok, "%s: every key a completed task leaves must expire", fam)
 		}
 	}
@@ -175,14 +176,14 @@ func TestRedisMemoryPerTask(t *testing.T) {
 	var okBytes, dedup, stream, deadOwn, deadAsynq float64
 	for f := range fams {
 		switch {
-		case f == "certmail:outcomes":
+		case f == certrdb.OutcomesKey:
 			stream = per(completed, f)
-		case strings.HasPrefix(f, "certmail:dedup:"):
+		case strings.HasPrefix(f, certrdb.DedupKey("")):
 			dedup = per(completed, f)
 		case strings.HasPrefix(f, "asynq:") && (strings.Contains(f, ":archived") || strings.Contains(f, ":t:")):
 			deadAsynq += per(dead3, f)
 			okBytes += per(completed, f)
-		case strings.HasPrefix(f, "certmail:dead"), strings.HasPrefix(f, "certmail:attempts:"):
+		case strings.HasPrefix(f, certrdb.DeadIndexKey), strings.HasPrefix(f, certrdb.AttemptsKey("")):
 			deadOwn += per(dead3, f)
 			okBytes += per(completed, f)
 		default:

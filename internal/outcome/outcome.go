@@ -4,26 +4,18 @@
 // asynq keeps a task's last error and, with Retention, its result; it does
 // not keep a history of attempts, and its archive silently trims beyond
 // 10,000 tasks or 90 days per queue. So each attempt is written here, in one
-// pipelined round trip on the task's hot path:
+// pipelined round trip on the task's hot path: the task's attempt history,
+// a capped stream of every attempt, the dead-letter record and its index
+// when the attempt ended the task, and the success mark. Before a provider
+// call, Claim checks the success mark and takes an in-flight claim (one
+// script, one round trip) so that a redelivered or concurrently delivered
+// task does not email twice. Operators replay or delete dead letters under
+// a claim (ClaimDead, FinishDead) that leaves a tombstone, so that no sweep
+// brings them back.
 //
-//   - certmail:attempts:{task_id}  list of Attempt JSON, oldest first, expiring
-//     with the retention window (kept forever while the task is dead);
-//   - certmail:outcomes            a capped stream of every attempt, for ops tools;
-//   - certmail:dead:{task_id}      the dead-letter record (no TTL) and
-//     certmail:dead                its index, a sorted set scored by time of death;
-//   - certmail:deadclaim:{task_id} an operator's claim on a dead letter while it
-//     replays or deletes it (expires with ClaimDead's lease), and
-//     certmail:tomb:{task_id}      what became of a dead letter ("replayed" or
-//     "deleted"), kept TombstoneTTL so that no sweep brings it back;
-//   - certmail:done:{task_id}      the idempotency mark set on success, and
-//     certmail:inflight:{task_id}  the claim of the delivery calling the provider
-//     now; both are checked (one script, one round trip) before a provider call
-//     so that a redelivered or concurrently delivered task does not email twice.
-//
-// All keys share the prefix KeyPrefix, declared here and nowhere else. The
-// dead-letter scripts also read two of asynq's keys (a queue's archive and a
-// task hash); their names are built here too, from asynq's layout
-// (internal/base/base.go in asynq v0.26), and only ever read.
+// This package keeps the types and their encoding; the keys, commands and
+// scripts are the rdb package's, whose doc lists every key with its type
+// and lifetime.
 package outcome
 
 import (
@@ -31,36 +23,6 @@ import (
 	"encoding/json"
 	"time"
 )
-
-// KeyPrefix prefixes every Redis key certmail owns (asynq owns "asynq:").
-const KeyPrefix = "certmail:"
-
-// Keys. Functions rather than a format string scattered over the code.
-const (
-	streamKey    = KeyPrefix + "outcomes"
-	deadIndexKey = KeyPrefix + "dead"
-)
-
-func attemptsKey(id string) string { return KeyPrefix + "attempts:" + id }
-func deadKey(id string) string     { return KeyPrefix + "dead:" + id }
-func doneKey(id string) string     { return KeyPrefix + "done:{" + id + "}" }
-
-// inflightKey shares doneKey's hash tag so the claim script touches one
-// cluster slot.
-func inflightKey(id string) string { return KeyPrefix + "inflight:{" + id + "}" }
-
-// deadClaimKey holds "op:token" of the operator replaying or deleting the
-// dead letter now.
-func deadClaimKey(id string) string { return KeyPrefix + "deadclaim:" + id }
-func tombKey(id string) string      { return KeyPrefix + "tomb:" + id }
-
-// asynq's keys, read by the dead-letter scripts and never written: the
-// archive of a queue (a sorted set of task IDs) and a task's hash.
-func asynqArchivedKey(queue string) string { return "asynq:{" + queue + "}:archived" }
-func asynqTaskKey(queue, id string) string { return "asynq:{" + queue + "}:t:" + id }
-
-// DedupKey is the key of the enqueue deduplication mark for a request hash.
-func DedupKey(hash string) string { return KeyPrefix + "dedup:" + hash }
 
 // Outcome is the result of one attempt, as written in logs and records.
 type Outcome string

@@ -65,19 +65,3 @@ func TestPayloadIsObjectInRecord(t *testing.T) {
 	require.NoError(t, json.Unmarshal(b, &m))
 	require.Equal(t, map[string]any{"order_id": "1"}, m["payload"])
 }
-
-func TestKeys(t *testing.T) {
-	t.Parallel()
-
-	require.Equal(t, "certmail:attempts:x", attemptsKey("x"))
-	require.Equal(t, "certmail:dead:x", deadKey("x"))
-	require.Equal(t, "certmail:done:{x}", doneKey("x"))
-	require.Equal(t, "certmail:inflight:{x}", inflightKey("x"))
-	require.Equal(t, "certmail:dedup:abc", DedupKey("abc"))
-	require.Equal(t, "certmail:outcomes", streamKey)
-	require.Equal(t, "certmail:dead", deadIndexKey)
-	require.Equal(t, "certmail:deadclaim:x", deadClaimKey("x"))
-	require.Equal(t, "certmail:tomb:x", tombKey("x"))
-	require.Equal(t, "asynq:{opensrs}:archived", asynqArchivedKey("opensrs"))
-	require.Equal(t, "asynq:{opensrs}:t:x", asynqTaskKey("opensrs", "x"))
-}

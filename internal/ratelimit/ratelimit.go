@@ -10,8 +10,9 @@
 // under every configured rule. A short wait is taken in place; a longer one
 // comes back as a rate-limited error that never reached the provider.
 //
-// Limiter keys hold a hash of the API key, never the key itself:
-// rate:certmail:ratelimit:{provider}:{hash}:{rule}.
+// Limiter keys hold a hash of the API key, never the key itself; the rdb
+// package names them (under its key prefix, like every certmail key) and runs
+// the limiter.
 package ratelimit
 
 import (
@@ -26,8 +27,8 @@ import (
 	"github.com/go-redis/redis_rate/v10"
 	"github.com/redis/go-redis/v9"
 
-	"github.com/certmail/certmail/internal/outcome"
 	"github.com/certmail/certmail/internal/providers"
+	"github.com/certmail/certmail/internal/rdb"
 )
 
 // Rule allows N requests per Per, with bursts of up to N.
@@ -67,9 +68,9 @@ func ParseRules(s string) ([]Rule, error) {
 // Resender is a providers.Resender that waits for a slot before each call.
 type Resender struct {
 	next     providers.Resender
-	limiter  *redis_rate.Limiter
+	limiter  *rdb.Limiter
 	provider providers.Name
-	key      string
+	credHash string // of the credential, never the credential
 	rules    []Rule
 	maxWait  time.Duration
 }
@@ -77,14 +78,14 @@ type Resender struct {
 // Wrap returns next limited by rules, shared by every worker using the same
 // credential (identified by its hash). With no rules it returns next.
 // Waits up to maxWait are taken in place; longer ones return an *Error.
-func Wrap(next providers.Resender, rdb redis.UniversalClient, provider providers.Name, credential string, rules []Rule, maxWait time.Duration) providers.Resender {
+func Wrap(next providers.Resender, c redis.UniversalClient, provider providers.Name, credential string, rules []Rule, maxWait time.Duration) providers.Resender {
 	if len(rules) == 0 {
 		return next
 	}
 	sum := sha256.Sum256([]byte(credential))
 	return &Resender{
-		next: next, limiter: redis_rate.NewLimiter(rdb), provider: provider, rules: rules, maxWait: maxWait,
-		key: outcome.KeyPrefix + "ratelimit:" + string(provider) + ":" + hex.EncodeToString(sum[:8]),
+		next: next, limiter: rdb.New(c).NewLimiter(), provider: provider, rules: rules, maxWait: maxWait,
+		credHash: hex.EncodeToString(sum[:8]),
 	}
 }
 
@@ -115,7 +116,7 @@ func (r *Resender) reserve(ctx context.Context) (time.Duration, Rule, error) {
 	var wait time.Duration
 	var worst Rule
 	for i, rule := range r.rules {
-		res, err := r.limiter.Allow(ctx, r.key+":"+strconv.Itoa(i), redis_rate.Limit{Rate: rule.N, Burst: rule.N, Period: rule.Per})
+		res, err := r.limiter.Allow(ctx, string(r.provider), r.credHash, i, redis_rate.Limit{Rate: rule.N, Burst: rule.N, Period: rule.Per})
 		if err != nil {
 			return 0, rule, fmt.Errorf("rate limiter: %w", err)
 		}

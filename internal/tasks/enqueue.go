@@ -16,6 +16,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/certmail/certmail/internal/outcome"
+	"github.com/certmail/certmail/internal/rdb"
 )
 
 // Enqueue defaults, shared by the enqueue CLI and dlq replay.
@@ -98,15 +99,15 @@ type Enqueued struct {
 // requests. It is safe for concurrent use.
 type Enqueuer struct {
 	client *asynq.Client
-	rdb    redis.UniversalClient
+	rdb    *rdb.Client
 	store  *outcome.Store   // attempt histories: proof that a task existed
 	grace  time.Duration    // DedupGrace
 	now    func() time.Time // tests move it
 }
 
 // NewEnqueuer returns an Enqueuer sharing one go-redis client with asynq.
-func NewEnqueuer(rdb redis.UniversalClient) *Enqueuer {
-	return &Enqueuer{client: asynq.NewClientFromRedisClient(rdb), rdb: rdb, store: outcome.NewStore(rdb, 0), grace: DedupGrace, now: time.Now}
+func NewEnqueuer(c redis.UniversalClient) *Enqueuer {
+	return &Enqueuer{client: asynq.NewClientFromRedisClient(c), rdb: rdb.New(c), store: outcome.NewStore(c, 0), grace: DedupGrace, now: time.Now}
 }
 
 // NewTask validates p and builds its asynq task with opts applied.
@@ -205,25 +206,6 @@ func parseMark(v string) (id string, at time.Time, ok bool) {
 	return id, time.UnixMilli(n), true
 }
 
-// failedKey notes the ID of a task whose enqueue definitely failed when its
-// mark could not be released (a Redis user without EVAL, a dropped
-// connection): a plain SET, so it works where the release script does not.
-func failedKey(markKey string) string { return markKey + ":failed" }
-
-// taskKey is asynq's hash of one task (internal/base.TaskKey in v0.26.0),
-// present in every state from enqueue until the task is deleted. A plain
-// EXISTS on it is one round trip with a deadline, where Inspector.GetTaskInfo
-// runs a script without one; TestTaskKeyMatchesAsynq pins the format.
-func taskKey(queue, id string) string { return "asynq:{" + queue + "}:t:" + id }
-
-// releaseScript deletes the dedup mark only if it still names our task, so a
-// failed enqueue never removes another request's mark.
-var releaseScript = redis.NewScript(`if redis.call("GET", KEYS[1]) == ARGV[1] then return redis.call("DEL", KEYS[1]) end return 0`)
-
-// takeoverScript replaces a mark only if it still holds the value read, so
-// of several requests taking over one stale mark exactly one wins.
-var takeoverScript = redis.NewScript(`if redis.call("GET", KEYS[1]) == ARGV[1] then redis.call("SET", KEYS[1], ARGV[2], "PX", ARGV[3]) return 1 end return 0`)
-
 // Enqueue validates p and enqueues it unless an identical request was
 // enqueued within the dedup window, whose task it then returns with
 // Duplicate set. A returned ID always names a task that exists.
@@ -239,7 +221,7 @@ var takeoverScript = redis.NewScript(`if redis.call("GET", KEYS[1]) == ARGV[1] t
 // What keeps the pair honest:
 //   - A mark is trusted only when its task exists. A request finding a mark
 //     whose task does not exist takes it over (compare-and-set) and enqueues
-//     if the first request is known to have failed (a note under failedKey)
+//     if the first request is known to have failed (a failure note)
 //     or the mark is older than DedupGrace. Younger, the first request may
 //     still be enqueueing: within its call limit Enqueue waits for its task
 //     to appear (then it is a duplicate); after it, the answer is an
@@ -272,8 +254,8 @@ func (e *Enqueuer) Enqueue(ctx context.Context, p Payload, o Options) (Enqueued,
 		}
 		return Enqueued{ID: id}, nil
 	}
-	key := outcome.DedupKey(dedupHash(task.Type(), task.Payload()))
-	mark, setAt, dup, err := e.takeMark(ctx, key, id, queue, o.DedupWindow)
+	hash := dedupHash(task.Type(), task.Payload())
+	mark, setAt, dup, err := e.takeMark(ctx, hash, id, queue, o.DedupWindow)
 	if err != nil || dup.ID != "" {
 		return dup, err
 	}
@@ -282,7 +264,7 @@ func (e *Enqueuer) Enqueue(ctx context.Context, p Payload, o Options) (Enqueued,
 	ectx, cancel := context.WithDeadline(ctx, setAt.Add(enqueueCallLimit))
 	defer cancel()
 	if err := ectx.Err(); err != nil { // nothing sent yet: give the mark back
-		_ = releaseScript.Run(context.WithoutCancel(ctx), e.rdb, []string{key}, mark).Err()
+		_ = e.rdb.ReleaseDedupMark(context.WithoutCancel(ctx), hash, mark)
 		return Enqueued{}, err
 	}
 	err = e.enqueue(ectx, task, queue, id)
@@ -290,8 +272,8 @@ func (e *Enqueuer) Enqueue(ctx context.Context, p Payload, o Options) (Enqueued,
 	if errors.As(err, &refused) {
 		bg, cancelBg := context.WithTimeout(context.WithoutCancel(ctx), checkTimeout)
 		defer cancelBg()
-		if rerr := releaseScript.Run(bg, e.rdb, []string{key}, mark).Err(); rerr != nil {
-			_ = e.rdb.Set(bg, failedKey(key), id, o.DedupWindow).Err()
+		if rerr := e.rdb.ReleaseDedupMark(bg, hash, mark); rerr != nil {
+			_ = e.rdb.NoteDedupFailed(bg, hash, id, o.DedupWindow)
 		}
 	}
 	if err != nil {
@@ -322,7 +304,7 @@ func (e *Enqueuer) enqueue(ctx context.Context, task *asynq.Task, queue, id stri
 	// The reply may have been lost after the script ran.
 	bg, cancel := context.WithTimeout(context.WithoutCancel(ctx), checkTimeout)
 	defer cancel()
-	if n, xerr := e.rdb.Exists(bg, taskKey(queue, id)).Result(); xerr == nil && n == 1 {
+	if found, xerr := e.rdb.TaskExists(bg, queue, id); xerr == nil && found {
 		return nil
 	}
 	return &UncertainError{ID: id, Err: err}
@@ -337,48 +319,43 @@ func (e *Enqueuer) enqueue(ctx context.Context, task *asynq.Task, queue, id stri
 // line twice): takeMark polls until its task appears, its mark goes, or its
 // call limit passes, rather than answer "unknown" for a few milliseconds'
 // gap.
-func (e *Enqueuer) takeMark(ctx context.Context, key, id, queue string, window time.Duration) (mark string, setAt time.Time, dup Enqueued, err error) {
+func (e *Enqueuer) takeMark(ctx context.Context, hash, id, queue string, window time.Duration) (mark string, setAt time.Time, dup Enqueued, err error) {
 	fail := func(err error) (string, time.Time, Enqueued, error) { return "", time.Time{}, Enqueued{}, err }
 	poll := 5 * time.Millisecond
 	for busy := 0; busy < 5; {
 		setAt = e.now()
 		mark = markValue(id, setAt)
-		ok, err := e.rdb.SetNX(ctx, key, mark, window).Result()
+		ok, err := e.rdb.SetDedupMark(ctx, hash, mark, window)
 		if err != nil {
 			return fail(fmt.Errorf("redis: %w", err))
 		}
 		if ok {
 			return mark, setAt, Enqueued{}, nil
 		}
-		pipe := e.rdb.Pipeline()
-		getCmd := pipe.Get(ctx, key)
-		failedCmd := pipe.Get(ctx, failedKey(key))
-		ttlCmd := pipe.PTTL(ctx, key)
-		_, _ = pipe.Exec(ctx)
-		cur, err := getCmd.Result()
-		if errors.Is(err, redis.Nil) { // expired or released meanwhile
-			busy++
-			continue
-		}
+		st, err := e.rdb.DedupMark(ctx, hash)
 		if err != nil {
 			return fail(fmt.Errorf("redis: %w", err))
 		}
+		if !st.Exists { // expired or released meanwhile
+			busy++
+			continue
+		}
+		cur := st.Value
 		first, firstAt, stamped := parseMark(cur)
 		if first == id {
 			// Our own SET NX ran but its reply was lost and go-redis
 			// retried it.
 			return cur, firstAt, Enqueued{}, nil
 		}
-		n, err := e.rdb.Exists(ctx, taskKey(queue, first)).Result()
+		found, err := e.rdb.TaskExists(ctx, queue, first)
 		if err != nil {
 			return fail(fmt.Errorf("redis: %w", err))
 		}
-		if n == 1 {
+		if found {
 			return "", time.Time{}, Enqueued{ID: first, Duplicate: true}, nil
 		}
-		failed, ferr := failedCmd.Result()
-		if ferr != nil && !errors.Is(ferr, redis.Nil) {
-			return fail(fmt.Errorf("redis: %w", ferr))
+		if st.FailedErr != nil {
+			return fail(fmt.Errorf("redis: %w", st.FailedErr))
 		}
 		gone, err := e.existed(ctx, first)
 		if err != nil {
@@ -387,15 +364,14 @@ func (e *Enqueuer) takeMark(ctx context.Context, key, id, queue string, window t
 		// A task that ran and was deleted since (dlq delete, the
 		// dashboard, asynq's archive cap) has no enqueue left in flight:
 		// its mark is free at once. Otherwise wait out the first request.
-		if failed != first && !gone {
+		if st.Failed != first && !gone {
 			if !stamped {
 				// A mark from before set times were stored: its age is
 				// the window minus what is left, assuming the same window.
-				ttl, err := ttlCmd.Result()
-				if err != nil {
-					return fail(fmt.Errorf("redis: %w", err))
+				if st.TTLErr != nil {
+					return fail(fmt.Errorf("redis: %w", st.TTLErr))
 				}
-				firstAt = e.now().Add(ttl - window)
+				firstAt = e.now().Add(st.TTL - window)
 			}
 			age := e.now().Sub(firstAt)
 			if age < enqueueCallLimit {
@@ -411,7 +387,7 @@ func (e *Enqueuer) takeMark(ctx context.Context, key, id, queue string, window t
 				return fail(&UncertainError{ID: first})
 			}
 		}
-		ok, err = takeoverScript.Run(ctx, e.rdb, []string{key}, cur, mark, window.Milliseconds()).Bool()
+		ok, err = e.rdb.TakeOverDedupMark(ctx, hash, cur, mark, window)
 		if err != nil {
 			return fail(fmt.Errorf("redis: %w", err))
 		}
@@ -433,16 +409,13 @@ func (e *Enqueuer) existed(ctx context.Context, id string) (bool, error) {
 	return len(as) > 0, nil
 }
 
-// repointScript moves a mark to a replayed task, keeping its expiry.
-var repointScript = redis.NewScript(`if redis.call("GET", KEYS[1]) == ARGV[1] then redis.call("SET", KEYS[1], ARGV[2], "KEEPTTL") return 1 end return 0`)
-
 // repoint hands the dedup mark of (taskType, payload) to task id when the
 // task it names is gone after having run: the dead task that id replays.
 // An identical request inside the window is then a duplicate of the replay,
 // not of a deleted task. Best effort: the replay stands either way.
 func (e *Enqueuer) repoint(ctx context.Context, taskType string, payload []byte, queue, id string) {
-	key := outcome.DedupKey(dedupHash(taskType, payload))
-	cur, err := e.rdb.Get(ctx, key).Result()
+	hash := dedupHash(taskType, payload)
+	cur, err := e.rdb.GetDedupMark(ctx, hash)
 	if err != nil {
 		return
 	}
@@ -450,13 +423,13 @@ func (e *Enqueuer) repoint(ctx context.Context, taskType string, payload []byte,
 	if first == id {
 		return
 	}
-	if n, err := e.rdb.Exists(ctx, taskKey(queue, first)).Result(); err != nil || n == 1 {
+	if found, err := e.rdb.TaskExists(ctx, queue, first); err != nil || found {
 		return
 	}
 	if gone, err := e.existed(ctx, first); err != nil || !gone {
 		return
 	}
-	_ = repointScript.Run(ctx, e.rdb, []string{key}, cur, markValue(id, e.now())).Err()
+	_ = e.rdb.RepointDedupMark(ctx, hash, cur, markValue(id, e.now()))
 }
 
 // refusedByRedis reports whether err is Redis refusing the enqueue with an

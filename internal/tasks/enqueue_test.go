@@ -17,6 +17,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/certmail/certmail/internal/outcome"
+	"github.com/certmail/certmail/internal/rdb"
 	"github.com/certmail/certmail/internal/redistest"
 )
 
@@ -165,7 +166,7 @@ func TestEnqueueDedupMark(t *testing.T) {
 
 		body, err := json.Marshal(p)
 		require.NoError(t, err)
-		key := outcome.DedupKey(dedupHash(p.Type(), body))
+		key := rdb.DedupKey(dedupHash(p.Type(), body))
 		v, err := eb.rdb.Get(t.Context(), key).Result()
 		require.NoError(t, err)
 		id, at, stamped := parseMark(v)
@@ -239,7 +240,7 @@ func TestEnqueueRejects(t *testing.T) {
 		queues, err := eb.insp.Queues()
 		require.NoError(t, err)
 		require.Empty(t, queues, "nothing was enqueued")
-		keys, err := eb.rdb.Keys(t.Context(), outcome.KeyPrefix+"*").Result()
+		keys, err := eb.rdb.Keys(t.Context(), rdb.Prefix+"*").Result()
 		require.NoError(t, err)
 		require.Empty(t, keys, "no dedup mark left behind")
 	})
@@ -363,9 +364,15 @@ func TestNewTask(t *testing.T) {
 // markKey is the dedup mark's key for p.
 func markKey(t *testing.T, p Payload) string {
 	t.Helper()
+	return rdb.DedupKey(markHash(t, p))
+}
+
+// markHash is the request hash the dedup mark of p is keyed by.
+func markHash(t *testing.T, p Payload) string {
+	t.Helper()
 	body, err := json.Marshal(p)
 	require.NoError(t, err)
-	return outcome.DedupKey(dedupHash(p.Type(), body))
+	return dedupHash(p.Type(), body)
 }
 
 // requireTask asserts that task id exists in queue.
@@ -385,13 +392,13 @@ func TestTaskKeyMatchesAsynq(t *testing.T) {
 			o.Delay = delay
 			e, err := eb.enq.Enqueue(t.Context(), NewOpenSRSPayload("5", delay.String(), false), o)
 			require.NoError(t, err)
-			n, err := eb.rdb.Exists(t.Context(), taskKey(QueueOpenSRS, e.ID)).Result()
+			n, err := eb.rdb.Exists(t.Context(), rdb.AsynqTaskKey(QueueOpenSRS, e.ID)).Result()
 			require.NoError(t, err)
-			require.Equal(t, int64(1), n, "asynq keeps the task under taskKey (delay %v)", delay)
+			require.Equal(t, int64(1), n, "asynq keeps the task under rdb.AsynqTaskKey (delay %v)", delay)
 		}
 		gone := eb.taskIDs(t, QueueOpenSRS)[0]
 		require.NoError(t, eb.insp.DeleteTask(QueueOpenSRS, gone))
-		n, err := eb.rdb.Exists(t.Context(), taskKey(QueueOpenSRS, gone)).Result()
+		n, err := eb.rdb.Exists(t.Context(), rdb.AsynqTaskKey(QueueOpenSRS, gone)).Result()
 		require.NoError(t, err)
 		require.Zero(t, n, "a deleted task leaves no key behind")
 	})
@@ -436,7 +443,7 @@ func TestEnqueueMarkWithoutTask(t *testing.T) {
 				}
 				require.NoError(t, eb.rdb.Set(t.Context(), key, tc.mark(time.Now()), ttl).Err())
 				if tc.failedNote {
-					require.NoError(t, eb.rdb.Set(t.Context(), failedKey(key), orphan, ttl).Err())
+					require.NoError(t, eb.rdb.Set(t.Context(), rdb.DedupFailedKey(markHash(t, p)), orphan, ttl).Err())
 				}
 
 				got, err := eb.enq.Enqueue(t.Context(), p, opts)

@@ -15,6 +15,7 @@ import (
 
 	"github.com/certmail/certmail/internal/outcome"
 	"github.com/certmail/certmail/internal/providers"
+	"github.com/certmail/certmail/internal/rdb"
 	"github.com/certmail/certmail/internal/redistest"
 )
 
@@ -454,13 +455,13 @@ func TestHandlerDeadLetters(t *testing.T) {
 				require.Equal(t, int64(1), n)
 
 				if tc.prepare == nil { // a test's own zombie claim is not the handler's to release
-					claims, err := hb.rdb.Exists(t.Context(), "certmail:inflight:{"+id+"}").Result()
+					claims, err := hb.rdb.Exists(t.Context(), rdb.InflightKey(id)).Result()
 					require.NoError(t, err)
 					require.Zero(t, claims, "the in-flight claim is released")
 				}
 
 				// The attempt history of a dead task does not expire.
-				ttl, err := hb.rdb.TTL(t.Context(), "certmail:attempts:"+id).Result()
+				ttl, err := hb.rdb.TTL(t.Context(), rdb.AttemptsKey(id)).Result()
 				require.NoError(t, err)
 				require.Equal(t, time.Duration(-1), ttl)
 			})
@@ -641,7 +642,7 @@ func TestHandlerShutdownInterruptsWithoutDeadLetter(t *testing.T) {
 		require.Equal(t, outcome.Retrying, as[0].Outcome)
 		require.Equal(t, "interrupted", as[0].Class)
 		require.Contains(t, as[0].Error, "interrupted")
-		n, err := hb.rdb.Exists(t.Context(), "certmail:inflight:{"+e.ID+"}").Result()
+		n, err := hb.rdb.Exists(t.Context(), rdb.InflightKey(e.ID)).Result()
 		require.NoError(t, err)
 		require.Zero(t, n, "the claim is released")
 		_, dead, err := hb.store.DeadLetter(t.Context(), e.ID)

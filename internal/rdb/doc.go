@@ -1,0 +1,78 @@
+// Package rdb is certmail's Redis layer: it owns the name of every key
+// certmail writes, every command and every Lua script run on them, the way
+// asynq keeps its key names in internal/base and its commands in
+// internal/rdb. Other packages call its methods and never build a key; tests
+// use its key builders (the functions in keys.go) to look at what it wrote.
+// TestNoKeyOrScriptOutsideRDB keeps it so.
+//
+// The layer works in bytes and scalars: the records it stores (attempts,
+// dead letters) are the outcome package's types, encoded there.
+//
+// # Keys
+//
+// Every key certmail writes starts with Prefix ("certmail:"; asynq owns
+// "asynq:"), so SCAN certmail:* finds them all.
+//
+//	key                                    type    TTL
+//	certmail:attempts:<id>                 list    OUTCOME_RETENTION (7d), renewed by each live attempt;
+//	                                               none while the task is dead, given back when the dead
+//	                                               letter is replayed, deleted or expired
+//	certmail:outcomes                      stream  none: capped (XADD MAXLEN ~, 100,000 entries)
+//	certmail:done:{<id>}                   string  OUTCOME_RETENTION: the success mark, RFC 3339 time
+//	certmail:inflight:{<id>}               string  the attempt's deadline + 10 s (the handler's lease);
+//	                                               released by the record that ends the attempt
+//	certmail:dedup:<sha256>                string  the dedup window (10m); "<task id> <unix ms>"
+//	certmail:dedup:<sha256>:failed         string  the dedup window: ID of a task whose enqueue failed
+//	                                               while its mark could not be released
+//	certmail:dead:<id>                     string  none: the dead-letter record (JSON) stays until an
+//	                                               operator replays or deletes it or the
+//	                                               DEADLETTER_RETENTION sweep removes it, which each
+//	                                               tombstone it; an expiry would do neither
+//	certmail:dead                          zset    none: the index of dead letters, scored by time of
+//	                                               death (ms); members leave with their records
+//	certmail:deadclaim:<id>                string  the claim's lease (deadletter.ClaimLease, 1m);
+//	                                               "<op>:<token>", then "finished:<op>:<token>" for 10m
+//	certmail:tomb:<id>                     string  outcome.TombstoneTTL (24h): "replayed", "deleted"
+//	                                               or "expired"
+//	certmail:ratelimit:<provider>:<h>:<i>  string  until the bucket is full again (redis_rate sets it);
+//	                                               GCRA state of rule i for the credential whose
+//	                                               SHA-256 starts with h (16 hex digits)
+//
+// Until this package, the limiter keys were rate:certmail:ratelimit:…
+// (redis_rate prepends "rate:"); keys of that form left by an older worker
+// hold at most one rule period of state and simply expire.
+//
+// Two of asynq's keys are read, never written, and built here too from
+// asynq's layout (internal/base/base.go in asynq v0.26.0):
+// asynq:{<queue>}:archived (zset of archived task IDs) and
+// asynq:{<queue>}:t:<id> (hash of one task, present in every state).
+//
+// # Hash slots (Redis Cluster)
+//
+// In a cluster every key a script or transaction touches must hash to one
+// slot. Today:
+//   - claimScript (done + inflight) is the only multi-key script on the hot
+//     path; both keys carry the task ID as hash tag {<id>}, so it stays in
+//     one slot.
+//   - releaseScript, takeoverScript, repointScript and the limiter's script
+//     (redis_rate's own, the one script run here that certmail does not
+//     write) each touch one key.
+//   - RecordAttempt is a pipeline, not a transaction: its commands need no
+//     slot-mates (a cluster client splits it per node, at the cost of a
+//     round trip per node).
+//   - addDeadScript (dead, tomb, index, attempts of one ID and the asynq
+//     archive of its queue), claimDeadScript (dead, deadclaim, tomb of one
+//     ID; asynq task hash, attempts, done, dead, tomb of its successor),
+//     renewDeadScript (deadclaim, dead) and finishDeadScript (dead,
+//     deadclaim, tomb, index, attempts) cross slots today: the per-ID keys
+//     have no hash tag, the index is one key for all IDs, the asynq keys are
+//     tagged with the queue and the successor has another ID.
+//   - DeadRecords reads many dead:<id> keys with one MGET, which crosses
+//     slots too.
+//
+// Running on a cluster therefore needs the dead-letter keys of one ID
+// tagged alike ({<id>}), the index split or kept outside those scripts, and
+// the successor and asynq checks done as separate reads; the Cluster issue
+// decides how. TestSlots holds this list: a script that moves into one slot,
+// or out of it, changes a row there.
+package rdb

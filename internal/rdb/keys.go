@@ -1,0 +1,59 @@
+package rdb
+
+import "strconv"
+
+// Prefix starts every key certmail writes (asynq owns "asynq:").
+const Prefix = "certmail:"
+
+// Key builders. They are exported for tests, which read what the layer
+// wrote; production code outside this package calls methods instead.
+
+// OutcomesKey is the capped stream of every attempt, for ops tools.
+const OutcomesKey = Prefix + "outcomes"
+
+// DeadIndexKey is the sorted set of dead-letter IDs scored by time of death.
+const DeadIndexKey = Prefix + "dead"
+
+// AttemptsKey is the list of a task's attempts (JSON), oldest first.
+func AttemptsKey(id string) string { return Prefix + "attempts:" + id }
+
+// DoneKey is the success mark of a task.
+func DoneKey(id string) string { return Prefix + "done:{" + id + "}" }
+
+// InflightKey is the claim of the delivery calling the provider now. It
+// shares DoneKey's hash tag so that claimScript touches one cluster slot.
+func InflightKey(id string) string { return Prefix + "inflight:{" + id + "}" }
+
+// DeadKey is a task's dead-letter record.
+func DeadKey(id string) string { return Prefix + "dead:" + id }
+
+// DeadClaimKey holds "op:token" of the operator replaying or deleting the
+// dead letter now.
+func DeadClaimKey(id string) string { return Prefix + "deadclaim:" + id }
+
+// TombKey says what became of a dead letter whose record is gone.
+func TombKey(id string) string { return Prefix + "tomb:" + id }
+
+// DedupKey is the enqueue deduplication mark of a request hash.
+func DedupKey(hash string) string { return Prefix + "dedup:" + hash }
+
+// DedupFailedKey notes the ID of a task whose enqueue definitely failed
+// when its mark could not be released (a Redis user without EVAL, a
+// dropped connection): a plain SET, so it works where the release script
+// does not.
+func DedupFailedKey(hash string) string { return DedupKey(hash) + ":failed" }
+
+// RateLimitKey is the limiter state of rule i for one credential of a
+// provider; credHash is a hash of the credential, never the credential.
+func RateLimitKey(provider, credHash string, rule int) string {
+	return Prefix + "ratelimit:" + provider + ":" + credHash + ":" + strconv.Itoa(rule)
+}
+
+// AsynqArchivedKey is asynq's archive of a queue, a sorted set of task IDs
+// (internal/base.ArchivedKey in asynq v0.26.0). Read only.
+func AsynqArchivedKey(queue string) string { return "asynq:{" + queue + "}:archived" }
+
+// AsynqTaskKey is asynq's hash of one task (internal/base.TaskKey in asynq
+// v0.26.0), present in every state from enqueue until the task is deleted.
+// Read only; TestTaskKeyMatchesAsynq (internal/tasks) pins it against asynq.
+func AsynqTaskKey(queue, id string) string { return "asynq:{" + queue + "}:t:" + id }

@@ -1,0 +1,129 @@
+package rdb
+
+import "github.com/redis/go-redis/v9"
+
+// Every Lua script certmail runs. The outcome and dead-letter methods send
+// them with EVAL (one round trip always, also right after a Redis restart);
+// the dedup methods use redis.Script.Run, EVALSHA falling back to EVAL, as
+// they always did.
+
+// releaseScript deletes a claim or mark only if it still holds the caller's
+// value: a holder that outlived its lease must not free a newer holder's
+// claim, and a failed enqueue never removes another request's dedup mark.
+// Used for in-flight claims, dead-letter claims and dedup marks.
+//
+// KEYS[1] the claim or mark. ARGV[1] the caller's value.
+// Returns 1 when deleted, 0 when the key held something else or nothing.
+var releaseScript = redis.NewScript(`if redis.call("GET", KEYS[1]) == ARGV[1] then return redis.call("DEL", KEYS[1]) end return 0`)
+
+// claimScript checks the success mark first, then takes the in-flight claim
+// with SET NX, so that a redelivered or concurrently delivered task does not
+// call the provider twice.
+//
+// KEYS[1] DoneKey, KEYS[2] InflightKey (same hash tag). ARGV[1] the
+// delivery's token, ARGV[2] the claim's lease in ms.
+// Returns {0, ""} when claimed, {1, success time} when the task already
+// succeeded, {2, remaining lease in ms} when another delivery holds it.
+var claimScript = redis.NewScript(`
+local done = redis.call("GET", KEYS[1])
+if done then return {1, done} end
+if redis.call("SET", KEYS[2], ARGV[1], "NX", "PX", ARGV[2]) then return {0, ""} end
+return {2, tostring(redis.call("PTTL", KEYS[2]))}
+`)
+
+// addDeadScript adds a dead letter found in asynq's archive, only if there
+// is no record yet, no tombstone, and the task is still archived: a sweep
+// that listed the archive just before an operator replayed or deleted the
+// task never brings the record back.
+//
+// KEYS[1] DeadKey, KEYS[2] TombKey, KEYS[3] DeadIndexKey, KEYS[4]
+// AttemptsKey, KEYS[5] AsynqArchivedKey of the task's queue. ARGV[1] the
+// record, ARGV[2] its score (time of death, ms), ARGV[3] the task ID.
+// Returns 1 when added, 0 when a record exists, -1 when tombstoned, -2 when
+// the task is no longer archived.
+var addDeadScript = redis.NewScript(`
+if redis.call("EXISTS", KEYS[1]) == 1 then return 0 end
+if redis.call("EXISTS", KEYS[2]) == 1 then return -1 end
+if not redis.call("ZSCORE", KEYS[5], ARGV[3]) then return -2 end
+redis.call("SET", KEYS[1], ARGV[1])
+redis.call("ZADD", KEYS[3], "NX", ARGV[2], ARGV[3])
+redis.call("PERSIST", KEYS[4])
+return 1
+`)
+
+// claimDeadScript claims a dead letter for one operation, if its record
+// still exists and no other caller holds a live claim. Running it twice for
+// one caller (a go-redis retry) claims once.
+//
+// KEYS[1] DeadKey, KEYS[2] DeadClaimKey, KEYS[3] TombKey of the dead letter;
+// then of its successor: KEYS[4] AsynqTaskKey, KEYS[5] AttemptsKey, KEYS[6]
+// DoneKey, KEYS[7] DeadKey, KEYS[8] TombKey. ARGV[1] the claim value
+// "op:token", ARGV[2] the lease in ms.
+// Returns {0, record, seen} when claimed (seen is 1 when any successor key
+// exists), {1, tombstone or ""} when the record is gone, {2, claim value}
+// when another caller holds it.
+var claimDeadScript = redis.NewScript(`
+local rec = redis.call("GET", KEYS[1])
+if not rec then return {1, redis.call("GET", KEYS[3]) or ""} end
+local held = redis.call("GET", KEYS[2])
+if held and held ~= ARGV[1] and string.sub(held, 1, 9) ~= "finished:" then return {2, held} end
+redis.call("SET", KEYS[2], ARGV[1], "PX", ARGV[2])
+local seen = 0
+for i = 4, 8 do
+  if redis.call("EXISTS", KEYS[i]) == 1 then seen = 1 end
+end
+return {0, rec, seen}
+`)
+
+// renewDeadScript extends the caller's dead-letter claim, or takes it again
+// if it lapsed and nobody took it meanwhile while the record is still there
+// (a lapse alone changed nothing).
+//
+// KEYS[1] DeadClaimKey, KEYS[2] DeadKey. ARGV[1] the claim value, ARGV[2]
+// the lease in ms. Returns 1 when the caller holds the claim, else 0.
+var renewDeadScript = redis.NewScript(`
+local held = redis.call("GET", KEYS[1])
+if held == ARGV[1] or (not held and redis.call("EXISTS", KEYS[2]) == 1) then
+  redis.call("SET", KEYS[1], ARGV[1], "PX", ARGV[2])
+  return 1
+end
+return 0
+`)
+
+// finishDeadScript removes a dead letter for the claim holder (or a caller
+// whose claim lapsed while nobody else took it and the record is still
+// there): record and index entry go, the tombstone comes, the history gets
+// its expiry back, in one step. The claim becomes "finished:<claim value>"
+// for a while, so that the same call run again (go-redis retries a command
+// whose reply timed out) answers 1 again instead of reporting the caller's
+// own finish as someone else's.
+//
+// KEYS[1] DeadKey, KEYS[2] DeadClaimKey, KEYS[3] TombKey, KEYS[4]
+// DeadIndexKey, KEYS[5] AttemptsKey. ARGV[1] the claim value, ARGV[2] the
+// tombstone, ARGV[3] the tombstone's TTL in ms, ARGV[4] the history's
+// retention in s, ARGV[5] the task ID, ARGV[6] the finished mark's TTL in
+// ms. Returns 1 when finished (now or by this very call before), else 0.
+var finishDeadScript = redis.NewScript(`
+local held = redis.call("GET", KEYS[2])
+if held == "finished:" .. ARGV[1] then return 1 end
+if held ~= ARGV[1] and (held or redis.call("EXISTS", KEYS[1]) == 0) then return 0 end
+redis.call("DEL", KEYS[1])
+redis.call("SET", KEYS[2], "finished:" .. ARGV[1], "PX", ARGV[6])
+redis.call("ZREM", KEYS[4], ARGV[5])
+redis.call("SET", KEYS[3], ARGV[2], "PX", ARGV[3])
+redis.call("EXPIRE", KEYS[5], ARGV[4])
+return 1
+`)
+
+// takeoverScript replaces a dedup mark only if it still holds the value
+// read, so of several requests taking over one stale mark exactly one wins.
+//
+// KEYS[1] DedupKey. ARGV[1] the value read, ARGV[2] the new value, ARGV[3]
+// the window in ms. Returns 1 when replaced, else 0.
+var takeoverScript = redis.NewScript(`if redis.call("GET", KEYS[1]) == ARGV[1] then redis.call("SET", KEYS[1], ARGV[2], "PX", ARGV[3]) return 1 end return 0`)
+
+// repointScript moves a dedup mark to a replayed task, keeping its expiry.
+//
+// KEYS[1] DedupKey. ARGV[1] the value read, ARGV[2] the new value.
+// Returns 1 when moved, else 0.
+var repointScript = redis.NewScript(`if redis.call("GET", KEYS[1]) == ARGV[1] then redis.call("SET", KEYS[1], ARGV[2], "KEEPTTL") return 1 end return 0`)
