@@ -72,7 +72,7 @@
 //     the budget), or an error wrapping asynq.SkipRetry (archived at once).
 //
 // Dead letters. A task asynq archives already has its record
-// (certmail:dead:<id>) from step 5. Tasks archived without passing through
+// (see internal/rdb) from step 5. Tasks archived without passing through
 // the handler (a crashed worker's, by asynq's recoverer) are found by the
 // sweep in every worker: worker.start's reconcileLoop → sweep →
 // deadletter.Service.Reconcile, then deadletter.Service.Prune expires
