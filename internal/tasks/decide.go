@@ -131,10 +131,19 @@ func decideClaim(e ending) decision {
 		err := errors.New(redact.Emails(e.Err.Error()))
 		return decision{Outcome: outcome.Dead, Class: "retries_exhausted", Error: err.Error(), DeadLetter: "retries_exhausted", Return: err}
 	default:
-		// Redis trouble: asynq retries.
-		return decision{Outcome: outcome.Retrying, Class: providers.Transient.String(), Error: redact.Emails(e.Err.Error()), Return: e.Err}
+		// Redis trouble: asynq retries. The error keeps its chain but not
+		// its text: asynq stores that as the task's last error.
+		m := maskedError{e.Err}
+		return decision{Outcome: outcome.Retrying, Class: providers.Transient.String(), Error: m.Error(), Return: m}
 	}
 }
+
+// maskedError is err with the addresses in its text masked; errors.Is and
+// errors.As still see err.
+type maskedError struct{ err error }
+
+func (m maskedError) Error() string { return redact.Emails(m.err.Error()) }
+func (m maskedError) Unwrap() error { return m.err }
 
 // interrupted decides an attempt whose context was cancelled. At shutdown
 // asynq has already put the task back to pending with its budget untouched

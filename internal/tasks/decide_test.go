@@ -136,9 +136,10 @@ func TestDecide(t *testing.T) {
 			require.Equal(t, tc.ret, answerOf(got.Return), "asynq's answer to %v", got.Return)
 			switch {
 			case tc.retIs != nil:
-				// The error is passed through as it came (for a Redis error on
-				// claim, unmasked: asynq's LastErr is not masked there today).
+				// The error keeps its chain, and asynq stores the recorded
+				// (masked) text as LastErr.
 				require.ErrorIs(t, got.Return, tc.retIs)
+				require.Equal(t, got.Error, got.Return.Error(), "asynq stores the recorded text as LastErr")
 			case tc.ret != completes:
 				require.Equal(t, got.Error, got.Return.Error(), "asynq stores the recorded text as LastErr")
 			}
