@@ -7,11 +7,8 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"net/http"
 	"net/http/httptest"
-	"os/exec"
-	"strconv"
 	"testing"
 	"time"
 
@@ -162,55 +159,6 @@ func do(t *testing.T, h http.Handler, r request) *httptest.ResponseRecorder {
 	rec := httptest.NewRecorder()
 	h.ServeHTTP(rec, req)
 	return rec
-}
-
-// redisProc is a redis-server of the test's own that it may stop and start
-// again on the same port (the shared test server must not be stopped).
-type redisProc struct {
-	t    *testing.T
-	bin  string
-	port int
-	dir  string
-	cmd  *exec.Cmd
-}
-
-func newRedisProc(t *testing.T) *redisProc {
-	t.Helper()
-	bin, err := exec.LookPath("redis-server")
-	require.NoError(t, err)
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	port := l.Addr().(*net.TCPAddr).Port
-	require.NoError(t, l.Close())
-	p := &redisProc{t: t, bin: bin, port: port, dir: t.TempDir()}
-	t.Cleanup(p.stop)
-	p.start()
-	return p
-}
-
-func (p *redisProc) addr() string { return "127.0.0.1:" + strconv.Itoa(p.port) }
-
-func (p *redisProc) start() {
-	p.t.Helper()
-	cmd := exec.Command(p.bin, "--port", strconv.Itoa(p.port), "--bind", "127.0.0.1",
-		"--save", "", "--appendonly", "no", "--dir", p.dir)
-	require.NoError(p.t, cmd.Start())
-	p.cmd = cmd
-	c := redis.NewClient(&redis.Options{Addr: p.addr(), MaxRetries: -1})
-	defer c.Close()
-	require.Eventually(p.t, func() bool {
-		ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
-		defer cancel()
-		return c.Ping(ctx).Err() == nil
-	}, 10*time.Second, 20*time.Millisecond, "redis-server on %s did not start", p.addr())
-}
-
-func (p *redisProc) stop() {
-	if p.cmd != nil && p.cmd.Process != nil {
-		_ = p.cmd.Process.Kill()
-		_, _ = p.cmd.Process.Wait()
-		p.cmd = nil
-	}
 }
 
 // newLogger returns a logger and a func reading what it wrote.
