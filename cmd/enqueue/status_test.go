@@ -16,6 +16,7 @@ import (
 	"github.com/certmail/certmail/internal/providers"
 	"github.com/certmail/certmail/internal/redistest"
 	"github.com/certmail/certmail/internal/tasks"
+	"github.com/certmail/certmail/internal/taskstatus"
 )
 
 // fakeResender is a providers.Resender answering with its func field.
@@ -76,8 +77,8 @@ func (e *testEnv) waitState(t *testing.T, queue, id string, state asynq.TaskStat
 }
 
 // statusJSONOf runs status --json and decodes the object both generically
-// (to check the key names) and into statusJSON.
-func statusJSONOf(t *testing.T, e *testEnv, id string) (map[string]any, statusJSON) {
+// (to check the key names) and into taskstatus.Status.
+func statusJSONOf(t *testing.T, e *testEnv, id string) (map[string]any, taskstatus.Status) {
 	t.Helper()
 	r := e.run(t, "status", id, "--json")
 	require.Equal(t, exitOK, r.code, "stderr: %s", r.stderr)
@@ -89,7 +90,7 @@ func statusJSONOf(t *testing.T, e *testEnv, id string) (map[string]any, statusJS
 	}
 	require.IsType(t, map[string]any{}, m["payload"], "payload is an object")
 	require.IsType(t, []any{}, m["attempts"], "attempts is an array, never null")
-	var s statusJSON
+	var s taskstatus.Status
 	require.NoError(t, json.Unmarshal([]byte(r.stdout), &s))
 	return m, s
 }
