@@ -1,7 +1,8 @@
 package redistest
 
 import (
-	"os"
+	"errors"
+	"os/exec"
 	"testing"
 	"time"
 
@@ -20,12 +21,13 @@ func TestServerStopStart(t *testing.T) {
 	}{
 		{"Own", func(t *testing.T) *Server {
 			s, err := Own(t)
-			if err != nil && os.Getenv(NoLaunchEnv) == "" && os.Getenv("CERTMAIL_REQUIRE_REAL_REDIS") != "" {
-				t.Fatalf("redis-server required: %v", err)
-			}
-			if err != nil {
+			// Without the binary (the REDIS_URL-only mode) the Proxy case
+			// is what this machine's tests get; a binary that is there but
+			// does not start is a failure.
+			if errors.Is(err, exec.ErrNotFound) || errors.Is(err, errNoLaunch) {
 				t.Skipf("no redis-server of our own (%v); the Proxy case covers this machine", err)
 			}
+			require.NoError(t, err)
 			return s
 		}},
 		{"Proxy", func(t *testing.T) *Server { return proxied(t) }},
