@@ -258,9 +258,9 @@ func runList(ctx context.Context, args []string, stdout, stderr io.Writer, geten
 		return err
 	}
 	if o.json {
-		out := make([]jsonDeadLetter, len(dls))
+		out := make([]deadletter.View, len(dls))
 		for i, d := range dls {
-			out[i] = toJSON(d)
+			out[i] = deadletter.NewView(d)
 		}
 		return writeJSON(stdout, out)
 	}
@@ -288,14 +288,7 @@ func runShow(ctx context.Context, args []string, stdout, stderr io.Writer, geten
 		return err
 	}
 	if o.json {
-		out := jsonDetail{jsonDeadLetter: toJSON(d.DeadLetter), Attempts: d.Attempts}
-		if d.State != "" {
-			out.State = &d.State
-		}
-		if out.Attempts == nil {
-			out.Attempts = []outcome.Attempt{}
-		}
-		return writeJSON(stdout, out)
+		return writeJSON(stdout, d.View())
 	}
 	return writeDetail(stdout, d)
 }
@@ -405,39 +398,6 @@ func unjoin(err error) []error {
 		return j.Unwrap()
 	}
 	return []error{err}
-}
-
-// jsonDeadLetter is the JSON contract of list and show: every field is
-// always present.
-type jsonDeadLetter struct {
-	ID           string          `json:"id"`
-	Type         string          `json:"type"`
-	Queue        string          `json:"queue"`
-	Provider     string          `json:"provider"`
-	OrderID      string          `json:"order_id"`
-	Reference    string          `json:"reference"`
-	Payload      outcome.Payload `json:"payload"`
-	Retried      int             `json:"retried"`
-	MaxRetry     int             `json:"max_retry"`
-	LastError    string          `json:"last_error"`
-	LastFailedAt time.Time       `json:"last_failed_at"`
-	Class        string          `json:"class"`
-	Source       string          `json:"source"`
-}
-
-type jsonDetail struct {
-	jsonDeadLetter
-	// State is null when asynq no longer holds the task.
-	State    *string           `json:"asynq_state"`
-	Attempts []outcome.Attempt `json:"attempts"`
-}
-
-func toJSON(d outcome.DeadLetter) jsonDeadLetter {
-	return jsonDeadLetter{
-		ID: d.ID, Type: d.Type, Queue: d.Queue, Provider: d.Provider, OrderID: d.OrderID,
-		Reference: d.Reference, Payload: d.Payload, Retried: d.Retried, MaxRetry: d.MaxRetry,
-		LastError: d.LastError, LastFailedAt: d.LastFailedAt, Class: d.Class, Source: d.Source,
-	}
 }
 
 // writeJSON prints v with email addresses masked in every string (see

@@ -2,13 +2,13 @@ package main
 
 import (
 	"context"
+	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
-	"os"
-	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -279,36 +279,42 @@ func TestRedisURLSecrets(t *testing.T) {
 	}
 }
 
-// TestRedisPassword runs against a redis-server started with --requirepass.
+// TestRedisPassword: a password full of URL-special characters, escaped in
+// the URL, gets the CLI in; a wrong one fails without being echoed. It runs
+// against a redis-server of its own started with --requirepass, or, where
+// only REDIS_URL is available, as an ACL user of its own on the shared
+// server. Only the first can also prove that a URL without credentials is
+// refused: the shared server's default user needs none.
 func TestRedisPassword(t *testing.T) {
 	t.Parallel()
-	bin, err := exec.LookPath("redis-server")
-	if err != nil {
-		if os.Getenv("CERTMAIL_REQUIRE_REAL_REDIS") != "" {
-			t.Fatalf("redis-server required: %v", err)
-		}
-		t.Skipf("no redis-server: %v", err)
-	}
 	const password = "p@ss w0rd/with:chars"
-	addr := strings.TrimSuffix(strings.TrimPrefix(closedURL(t), "redis://"), "/0")
-	_, port, _ := strings.Cut(addr, ":")
-	cmd := exec.Command(bin, "--port", port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-		"--dir", t.TempDir(), "--requirepass", password)
-	require.NoError(t, cmd.Start())
-	t.Cleanup(func() {
-		_ = cmd.Process.Kill()
-		_, _ = cmd.Process.Wait()
-	})
-	rdb := redis.NewClient(&redis.Options{Addr: addr, Password: password})
+	escaped := "p%40ss%20w0rd%2Fwith%3Achars"
+
+	var addr, user, db string
+	var rdb *redis.Client
+	if s, err := redistest.Own(t, "--requirepass", password); err == nil {
+		addr, db = s.Addr(), "3"
+		rdb = redis.NewClient(&redis.Options{Addr: addr, Password: password, DB: 3})
+	} else {
+		b := redistest.Real(t)
+		opt, err := redis.ParseURL(b.URL)
+		require.NoError(t, err)
+		addr, db = opt.Addr, strconv.Itoa(opt.DB)
+		var rnd [6]byte
+		_, _ = rand.Read(rnd[:])
+		user = "certmail-test-" + hex.EncodeToString(rnd[:])
+		admin := b.Client(t)
+		require.NoError(t, admin.Do(t.Context(), "ACL", "SETUSER", user, "on", ">"+password, "~*", "&*", "+@all").Err())
+		t.Cleanup(func() { _ = admin.Do(context.Background(), "ACL", "DELUSER", user).Err() })
+		opt.Username, opt.Password = user, password
+		rdb = redis.NewClient(opt)
+	}
 	t.Cleanup(func() { _ = rdb.Close() })
 	require.Eventually(t, func() bool { return rdb.Ping(context.Background()).Err() == nil }, 10*time.Second, 20*time.Millisecond)
 
-	escaped := "p%40ss%20w0rd%2Fwith%3Achars"
-	good := "redis://:" + escaped + "@" + addr + "/3"
+	good := "redis://" + user + ":" + escaped + "@" + addr + "/" + db
 	id := requireID(t, runCLI(t, good, "", "opensrs", "--order-id", "1799"))
-	rdb3 := redis.NewClient(&redis.Options{Addr: addr, Password: password, DB: 3})
-	t.Cleanup(func() { _ = rdb3.Close() })
-	info, err := asynq.NewInspectorFromRedisClient(rdb3).GetTaskInfo("opensrs", id)
+	info, err := asynq.NewInspectorFromRedisClient(rdb).GetTaskInfo("opensrs", id)
 	require.NoError(t, err)
 	require.Equal(t, `{"order_id":"1799"}`, string(info.Payload))
 
@@ -316,8 +322,12 @@ func TestRedisPassword(t *testing.T) {
 	require.Equal(t, exitOK, r.code, r.stderr)
 	require.Contains(t, r.stdout, id)
 
-	for _, bad := range []string{"redis://:wrong-" + escaped + "@" + addr + "/3", "redis://" + addr + "/3"} {
-		r := runCLI(t, bad, "", "opensrs", "--order-id", "1799")
+	bad := []string{"redis://" + user + ":wrong-" + escaped + "@" + addr + "/" + db}
+	if user == "" {
+		bad = append(bad, "redis://"+addr+"/"+db)
+	}
+	for _, u := range bad {
+		r := runCLI(t, u, "", "opensrs", "--order-id", "1799")
 		requireOneLineFailure(t, r, "redis")
 		require.NotContains(t, r.stderr, "w0rd")
 	}

@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"log/slog"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -15,7 +14,8 @@ import (
 	"github.com/certmail/certmail/internal/outcome"
 	"github.com/certmail/certmail/internal/providers"
 	"github.com/certmail/certmail/internal/redistest"
-	"github.com/certmail/certmail/internal/tasks"
+	"github.com/certmail/certmail/internal/tasks/taskstest"
+	"github.com/certmail/certmail/internal/taskstatus"
 )
 
 // fakeResender is a providers.Resender answering with its func field.
@@ -32,8 +32,9 @@ func (f *fakeResender) Resend(ctx context.Context, req providers.Request) (provi
 // failingOrder is the order ID the fake resender fails for.
 const failingOrder = "5000"
 
-// startWorker runs an asynq server with the real tasks.Handler, a fake
-// resender and an outcome.Store, as the tasks package tests do.
+// startWorker runs the real tasks.Handler with a fake resender in an asynq
+// server (the task kit); failed tasks stay in the retry state for the whole
+// test.
 func startWorker(t *testing.T, e *testEnv) *fakeResender {
 	t.Helper()
 	fake := &fakeResender{resend: func(_ context.Context, req providers.Request) (providers.Result, error) {
@@ -42,28 +43,8 @@ func startWorker(t *testing.T, e *testEnv) *fakeResender {
 		}
 		return providers.Result{StatusCode: 200, Code: "200", Message: "Email sent"}, nil
 	}}
-	h := &tasks.Handler{
-		Resenders: map[providers.Name]providers.Resender{
-			providers.OpenSRS:  fake,
-			providers.DigiCert: fake,
-		},
-		Recorder:        outcome.NewStore(e.rdb, time.Hour),
-		Logger:          slog.New(slog.DiscardHandler),
-		ProviderTimeout: 5 * time.Second,
-	}
-	srv := asynq.NewServerFromRedisClient(e.rdb, asynq.Config{
-		Concurrency: 2,
-		Queues:      map[string]int{tasks.QueueOpenSRS: 1, tasks.QueueDigiCert: 1},
-		// Failed tasks stay in the retry state for the whole test.
-		RetryDelayFunc:           func(int, error, *asynq.Task) time.Duration { return time.Hour },
-		IsFailure:                tasks.IsFailure,
-		TaskCheckInterval:        100 * time.Millisecond,
-		DelayedTaskCheckInterval: 200 * time.Millisecond,
-		ShutdownTimeout:          2 * time.Second,
-		LogLevel:                 asynq.ErrorLevel,
-	})
-	require.NoError(t, srv.Start(h))
-	t.Cleanup(srv.Shutdown)
+	taskstest.Start(t, e.rdb, taskstest.Config{Resender: fake, Retention: time.Hour, RetryDelay: time.Hour,
+		ProviderTimeout: 5 * time.Second})
 	return fake
 }
 
@@ -76,8 +57,8 @@ func (e *testEnv) waitState(t *testing.T, queue, id string, state asynq.TaskStat
 }
 
 // statusJSONOf runs status --json and decodes the object both generically
-// (to check the key names) and into statusJSON.
-func statusJSONOf(t *testing.T, e *testEnv, id string) (map[string]any, statusJSON) {
+// (to check the key names) and into taskstatus.Status.
+func statusJSONOf(t *testing.T, e *testEnv, id string) (map[string]any, taskstatus.Status) {
 	t.Helper()
 	r := e.run(t, "status", id, "--json")
 	require.Equal(t, exitOK, r.code, "stderr: %s", r.stderr)
@@ -89,7 +70,7 @@ func statusJSONOf(t *testing.T, e *testEnv, id string) (map[string]any, statusJS
 	}
 	require.IsType(t, map[string]any{}, m["payload"], "payload is an object")
 	require.IsType(t, []any{}, m["attempts"], "attempts is an array, never null")
-	var s statusJSON
+	var s taskstatus.Status
 	require.NoError(t, json.Unmarshal([]byte(r.stdout), &s))
 	return m, s
 }

@@ -3,15 +3,11 @@ package opsserver_test
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"net/http"
 	"net/http/httptest"
-	"os/exec"
-	"strconv"
 	"testing"
 	"time"
 
@@ -20,8 +16,10 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/certmail/certmail/internal/opsserver"
+	"github.com/certmail/certmail/internal/providers"
 	"github.com/certmail/certmail/internal/redistest"
 	"github.com/certmail/certmail/internal/tasks"
+	"github.com/certmail/certmail/internal/tasks/taskstest"
 )
 
 func TestMain(m *testing.M) { redistest.Main(m) }
@@ -46,20 +44,16 @@ type seeded struct {
 	OpenSRSDead  string // archived, LastErr opensrsErr
 }
 
-// permanentError is how the worker's handler kills a task: asynq archives it
-// (SkipRetry) and stores the provider's words as LastErr.
-type permanentError struct{ msg string }
-
-func (e *permanentError) Error() string   { return e.msg }
-func (e *permanentError) Unwrap() []error { return []error{asynq.SkipRetry} }
-
-// seed runs a short-lived asynq server over rdb that kills one digicert and
-// one opensrs task and completes another digicert task (kept with its
-// result), then stops it so that the tasks stay where they are.
+// seed runs the real worker handler (the task kit) over rdb with a fake
+// provider that kills one digicert and one opensrs task and completes another
+// digicert task (kept with its result, which names approver), then stops it
+// so that the tasks stay where they are.
 func seed(t *testing.T, rdb redis.UniversalClient) seeded {
 	t.Helper()
 	client := asynq.NewClientFromRedisClient(rdb)
+	t.Cleanup(func() { _ = client.Close() })
 	insp := asynq.NewInspectorFromRedisClient(rdb)
+	t.Cleanup(func() { _ = insp.Close() })
 
 	digicertPayload := func(order string) []byte {
 		return []byte(fmt.Sprintf(`{"order_id":%q,"domain_approval_emails":[{"domain":"example.com","email":%q}],"locale":"en","reference":"ticket-1"}`, order, approver))
@@ -75,38 +69,17 @@ func seed(t *testing.T, rdb redis.UniversalClient) seeded {
 		OpenSRSDead:  enqueue(tasks.TypeOpenSRSResendCertEmail, []byte(`{"order_id":"7"}`), tasks.QueueOpenSRS),
 	}
 
-	srv := asynq.NewServerFromRedisClient(rdb, asynq.Config{
-		Concurrency:              2,
-		Queues:                   map[string]int{tasks.QueueDigiCert: 1, tasks.QueueOpenSRS: 1},
-		TaskCheckInterval:        100 * time.Millisecond,
-		DelayedTaskCheckInterval: 200 * time.Millisecond,
-		ShutdownTimeout:          2 * time.Second,
-		LogLevel:                 asynq.FatalLevel,
-	})
-	h := asynq.HandlerFunc(func(ctx context.Context, task *asynq.Task) error {
-		var p struct {
-			OrderID string `json:"order_id"`
-		}
-		_ = json.Unmarshal(task.Payload(), &p)
-		switch {
-		case task.Type() == tasks.TypeOpenSRSResendCertEmail:
-			return &permanentError{opensrsErr}
-		case p.OrderID == "404":
-			return &permanentError{digicertErr}
+	fake := taskstest.ResendFunc(func(_ context.Context, req providers.Request) (providers.Result, error) {
+		switch req.OrderID {
+		case "7":
+			return providers.Result{}, taskstest.Permanent(415, opensrsErr)
+		case "404":
+			return providers.Result{}, taskstest.Permanent(404, digicertErr)
 		default:
-			_, err := task.ResultWriter().Write([]byte(`{"provider":"digicert","order_id":"200","approver":"` + approver + `"}`))
-			return err
+			return providers.Result{StatusCode: 200, Message: "emails sent to " + approver}, nil
 		}
 	})
-	require.NoError(t, srv.Start(h))
-	stopped := false
-	stop := func() {
-		if !stopped {
-			stopped = true
-			srv.Shutdown()
-		}
-	}
-	t.Cleanup(stop)
+	taskstest.Drain(t, rdb, fake, 2)
 
 	want := map[string]asynq.TaskState{
 		s.DigiCertDead: asynq.TaskStateArchived,
@@ -114,17 +87,11 @@ func seed(t *testing.T, rdb redis.UniversalClient) seeded {
 		s.OpenSRSDead:  asynq.TaskStateArchived,
 	}
 	queueOf := map[string]string{s.DigiCertDead: tasks.QueueDigiCert, s.DigiCertDone: tasks.QueueDigiCert, s.OpenSRSDead: tasks.QueueOpenSRS}
-	require.Eventually(t, func() bool {
-		for id, st := range want {
-			info, err := insp.GetTaskInfo(queueOf[id], id)
-			if err != nil || info.State != st {
-				return false
-			}
-		}
-		return true
-	}, 15*time.Second, 50*time.Millisecond, "seeded tasks did not reach their states")
-	stop()
-
+	for id, st := range want {
+		info, err := insp.GetTaskInfo(queueOf[id], id)
+		require.NoError(t, err)
+		require.Equal(t, st, info.State, "task %s", id)
+	}
 	info, err := insp.GetTaskInfo(tasks.QueueDigiCert, s.DigiCertDead)
 	require.NoError(t, err)
 	require.Equal(t, digicertErr, info.LastErr)
@@ -162,55 +129,6 @@ func do(t *testing.T, h http.Handler, r request) *httptest.ResponseRecorder {
 	rec := httptest.NewRecorder()
 	h.ServeHTTP(rec, req)
 	return rec
-}
-
-// redisProc is a redis-server of the test's own that it may stop and start
-// again on the same port (the shared test server must not be stopped).
-type redisProc struct {
-	t    *testing.T
-	bin  string
-	port int
-	dir  string
-	cmd  *exec.Cmd
-}
-
-func newRedisProc(t *testing.T) *redisProc {
-	t.Helper()
-	bin, err := exec.LookPath("redis-server")
-	require.NoError(t, err)
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	port := l.Addr().(*net.TCPAddr).Port
-	require.NoError(t, l.Close())
-	p := &redisProc{t: t, bin: bin, port: port, dir: t.TempDir()}
-	t.Cleanup(p.stop)
-	p.start()
-	return p
-}
-
-func (p *redisProc) addr() string { return "127.0.0.1:" + strconv.Itoa(p.port) }
-
-func (p *redisProc) start() {
-	p.t.Helper()
-	cmd := exec.Command(p.bin, "--port", strconv.Itoa(p.port), "--bind", "127.0.0.1",
-		"--save", "", "--appendonly", "no", "--dir", p.dir)
-	require.NoError(p.t, cmd.Start())
-	p.cmd = cmd
-	c := redis.NewClient(&redis.Options{Addr: p.addr(), MaxRetries: -1})
-	defer c.Close()
-	require.Eventually(p.t, func() bool {
-		ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
-		defer cancel()
-		return c.Ping(ctx).Err() == nil
-	}, 10*time.Second, 20*time.Millisecond, "redis-server on %s did not start", p.addr())
-}
-
-func (p *redisProc) stop() {
-	if p.cmd != nil && p.cmd.Process != nil {
-		_ = p.cmd.Process.Kill()
-		_, _ = p.cmd.Process.Wait()
-		p.cmd = nil
-	}
 }
 
 // newLogger returns a logger and a func reading what it wrote.

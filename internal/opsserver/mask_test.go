@@ -31,6 +31,14 @@ const (
 // leaks are the fragments of the addresses above that must never be shown.
 var leaks = []string{"rg.m", "ller", `\u00f6rg`, `m\u00fcller`, "dmin%40"}
 
+// unmaskedDeath is a dead task's error as a handler that forgot to mask
+// would return it (the real one masks, so seed uses it and this cannot):
+// asynq archives the task (SkipRetry) and keeps the text as LastErr.
+type unmaskedDeath struct{ msg string }
+
+func (e *unmaskedDeath) Error() string   { return e.msg }
+func (e *unmaskedDeath) Unwrap() []error { return []error{asynq.SkipRetry} }
+
 // seedEscaped archives one digicert task with escapedPayload and
 // escapedErr, and completes another with escapedResult.
 func seedEscaped(t *testing.T, rdb redis.UniversalClient) (dead, done string) {
@@ -60,7 +68,7 @@ func seedEscaped(t *testing.T, rdb redis.UniversalClient) (dead, done string) {
 		}
 		_ = json.Unmarshal(task.Payload(), &p)
 		if p.OrderID == "404" {
-			return &permanentError{escapedErr}
+			return &unmaskedDeath{escapedErr}
 		}
 		_, err := task.ResultWriter().Write([]byte(escapedResult))
 		return err

@@ -34,11 +34,11 @@ import (
 	"strings"
 	"time"
 
-	"github.com/hibiken/asynq"
 	"github.com/hibiken/asynqmon"
 	"github.com/redis/go-redis/v9"
 
 	"github.com/certmail/certmail/internal/redact"
+	"github.com/certmail/certmail/internal/redisconn"
 )
 
 // DashboardRoot is the URL path asynqmon is mounted under.
@@ -141,9 +141,12 @@ func New(cfg Config) (*Server, error) {
 	}
 
 	if on {
-		opt, err := RedisConnOpt(cfg.RedisURL)
+		if cfg.RedisURL == "" {
+			return nil, errors.New("opsserver: dashboard: no Redis URL")
+		}
+		opt, err := redisconn.AsynqOpt(cfg.RedisURL)
 		if err != nil {
-			return nil, fmt.Errorf("opsserver: dashboard: %w", err)
+			return nil, fmt.Errorf("opsserver: dashboard: invalid Redis URL: %w", err)
 		}
 		s.dashboard = asynqmon.New(asynqmon.Options{
 			RootPath:         DashboardRoot,
@@ -186,33 +189,6 @@ func (s *Server) Close() error {
 		return nil
 	}
 	return s.dashboard.Close()
-}
-
-// RedisConnOpt turns a redis:// or rediss:// URL (user, password, database,
-// go-redis query options) into the connection option asynq and asynqmon take.
-// It parses with go-redis so that the worker and the dashboard read the URL
-// the same way; rediss:// yields a TLS config.
-func RedisConnOpt(rawURL string) (asynq.RedisClientOpt, error) {
-	if rawURL == "" {
-		return asynq.RedisClientOpt{}, errors.New("no Redis URL")
-	}
-	o, err := redis.ParseURL(rawURL)
-	if err != nil {
-		// go-redis errors may quote the URL, password included.
-		return asynq.RedisClientOpt{}, errors.New("invalid Redis URL (expected redis://[user:password@]host:port/db or rediss://…)")
-	}
-	return asynq.RedisClientOpt{
-		Network:      o.Network,
-		Addr:         o.Addr,
-		Username:     o.Username,
-		Password:     o.Password,
-		DB:           o.DB,
-		DialTimeout:  o.DialTimeout,
-		ReadTimeout:  o.ReadTimeout,
-		WriteTimeout: o.WriteTimeout,
-		PoolSize:     o.PoolSize,
-		TLSConfig:    o.TLSConfig,
-	}, nil
 }
 
 func readyHandler(rdb redis.UniversalClient, running func() bool, timeout time.Duration) http.Handler {

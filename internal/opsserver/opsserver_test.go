@@ -52,15 +52,16 @@ func TestReadyz(t *testing.T) {
 	t.Parallel()
 	redistest.Each(t, func(t *testing.T, b redistest.Backend) {
 		// stop and start Redis under the client: miniredis closes and
-		// restarts on its address; for real Redis the test runs a server
-		// of its own, since the shared one must stay up.
+		// restarts on its address; for real Redis the test takes a server
+		// it may stop (redistest.Restartable), since the shared one must
+		// stay up.
 		var addr string
 		var stop, start func()
 		if b.Mini != nil {
 			addr, stop, start = b.Mini.Addr(), b.Mini.Close, func() { require.NoError(t, b.Mini.Restart()) }
 		} else {
-			p := newRedisProc(t)
-			addr, stop, start = p.addr(), p.stop, p.start
+			s := redistest.Restartable(t)
+			addr, stop, start = s.Addr(), s.Stop, s.Start
 		}
 		rdb := redis.NewClient(&redis.Options{Addr: addr})
 		t.Cleanup(func() { _ = rdb.Close() })
@@ -173,37 +174,6 @@ func TestStartupLog(t *testing.T) {
 			t.Cleanup(func() { _ = s.Close() })
 			require.Contains(t, logs(), tc.wantLine)
 			require.NotContains(t, logs(), testPassword)
-		})
-	}
-}
-
-func TestRedisConnOpt(t *testing.T) {
-	t.Parallel()
-	tests := []struct {
-		name    string
-		url     string
-		want    asynq.RedisClientOpt
-		wantTLS string // expected TLS server name, "" for none
-	}{
-		{"Plain", "redis://localhost:6379/0", asynq.RedisClientOpt{Network: "tcp", Addr: "localhost:6379"}, ""},
-		{"PasswordAndDB", "redis://:pw@redis:6379/3", asynq.RedisClientOpt{Network: "tcp", Addr: "redis:6379", Password: "pw", DB: 3}, ""},
-		{"TLSWithUser", "rediss://worker:pw@cache.example.net:6380/1",
-			asynq.RedisClientOpt{Network: "tcp", Addr: "cache.example.net:6380", Username: "worker", Password: "pw", DB: 1}, "cache.example.net"},
-	}
-	for _, tc := range tests {
-		t.Run(tc.name, func(t *testing.T) {
-			t.Parallel()
-			got, err := opsserver.RedisConnOpt(tc.url)
-			require.NoError(t, err)
-			if tc.wantTLS == "" {
-				require.Nil(t, got.TLSConfig)
-			} else {
-				require.NotNil(t, got.TLSConfig)
-				require.Equal(t, tc.wantTLS, got.TLSConfig.ServerName)
-			}
-			got.TLSConfig = nil
-			got.DialTimeout, got.ReadTimeout, got.WriteTimeout, got.PoolSize = 0, 0, 0, 0
-			require.Equal(t, tc.want, got)
 		})
 	}
 }

@@ -21,9 +21,10 @@ import (
 type Proxy struct {
 	t      testing.TB
 	target string
-	ln     net.Listener
+	addr   string
 
 	mu      sync.Mutex
+	ln      net.Listener // nil while stopped
 	refuse  bool
 	fault   *Fault
 	tripped chan struct{}
@@ -58,17 +59,44 @@ func NewProxy(t testing.TB, target string) *Proxy {
 	if err != nil {
 		t.Fatalf("redistest: proxy: %v", err)
 	}
-	p := &Proxy{t: t, target: target, ln: ln, conns: map[*proxyConn]struct{}{}}
-	go p.accept()
-	t.Cleanup(func() {
-		_ = ln.Close()
-		p.dropAll()
-	})
+	p := &Proxy{t: t, target: target, addr: ln.Addr().String(), ln: ln, conns: map[*proxyConn]struct{}{}}
+	go p.accept(ln)
+	t.Cleanup(p.Stop)
 	return p
 }
 
 // Addr is the proxy's host:port.
-func (p *Proxy) Addr() string { return p.ln.Addr().String() }
+func (p *Proxy) Addr() string { return p.addr }
+
+// Stop closes the listener and every open connection, so that clients see
+// what a stopped redis-server gives them: connections cut and new ones
+// refused. The target server keeps running (and keeps its data).
+func (p *Proxy) Stop() {
+	p.mu.Lock()
+	ln := p.ln
+	p.ln = nil
+	p.mu.Unlock()
+	if ln != nil {
+		_ = ln.Close()
+	}
+	p.dropAll()
+}
+
+// Start listens again on the same address after Stop.
+func (p *Proxy) Start() error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.ln != nil {
+		return nil
+	}
+	ln, err := net.Listen("tcp", p.addr)
+	if err != nil {
+		return fmt.Errorf("redistest: proxy listen again on %s: %w", p.addr, err)
+	}
+	p.ln = ln
+	go p.accept(ln)
+	return nil
+}
 
 // Inject arms f, replacing any fault not fired yet, and returns a channel
 // closed when it fires.
@@ -101,9 +129,9 @@ func (p *Proxy) Seen() []string {
 	return append([]string(nil), p.seen...)
 }
 
-func (p *Proxy) accept() {
+func (p *Proxy) accept(ln net.Listener) {
 	for {
-		c, err := p.ln.Accept()
+		c, err := ln.Accept()
 		if err != nil {
 			return
 		}
@@ -121,6 +149,11 @@ func (p *Proxy) accept() {
 		}
 		pc := &proxyConn{p: p, client: c, server: s}
 		p.mu.Lock()
+		if p.ln != ln { // stopped while dialling
+			p.mu.Unlock()
+			_, _ = c.Close(), s.Close()
+			return
+		}
 		p.conns[pc] = struct{}{}
 		p.mu.Unlock()
 		go pc.upstream()

@@ -5,7 +5,10 @@
 //
 // The real server is, in order of preference, the one named by
 // CERTMAIL_TEST_REDIS_URL, a redis-server this package starts on a free
-// loopback port when the binary is on PATH, or the one named by REDIS_URL.
+// loopback port when the binary is on PATH (and CERTMAIL_TEST_NO_LAUNCH is
+// not set), or the one named by REDIS_URL. A test that must stop and restart
+// Redis takes a Server (Restartable) instead: its own redis-server, or a
+// Proxy it can cut when only REDIS_URL is available.
 // Tests flush databases 1 to 15 of a server named by URL: never point either
 // variable at a Redis whose data matters. Each test gets its own logical
 // database and finds it empty, so parallel tests never see each other's keys.
@@ -176,7 +179,7 @@ func Addr() (string, error) {
 }
 
 func start() (string, error) {
-	bin, err := exec.LookPath("redis-server")
+	bin, err := lookServer()
 	if err != nil {
 		return "", err
 	}
@@ -198,22 +201,11 @@ func start() (string, error) {
 	}
 	proc = cmd
 	addr := fmt.Sprintf("127.0.0.1:%d", port)
-	c := redis.NewClient(&redis.Options{Addr: addr})
-	defer c.Close()
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		err := c.Ping(ctx).Err()
-		cancel()
-		if err == nil {
-			return "redis://" + addr, nil
-		}
-		if time.Now().After(deadline) {
-			_ = cmd.Process.Kill()
-			return "", fmt.Errorf("redis-server on %s did not answer: %w", addr, err)
-		}
-		time.Sleep(20 * time.Millisecond)
+	if err := waitPing(addr); err != nil {
+		_ = cmd.Process.Kill()
+		return "", err
 	}
+	return "redis://" + addr, nil
 }
 
 // Stop ends the redis-server this package started, if any. Call it from
