@@ -15,6 +15,7 @@ import (
 	"github.com/certmail/certmail/internal/deadletter"
 	"github.com/certmail/certmail/internal/outcome"
 	"github.com/certmail/certmail/internal/providers/digicert"
+	"github.com/certmail/certmail/internal/providers/httpx"
 	"github.com/certmail/certmail/internal/providers/opensrs"
 	"github.com/certmail/certmail/internal/ratelimit"
 	"github.com/certmail/certmail/internal/redisconn"
@@ -57,11 +58,9 @@ type config struct {
 	delayedTaskCheck time.Duration // asynq DelayedTaskCheckInterval
 }
 
-// secret is a string that never prints.
-type secret string
-
-func (secret) String() string   { return "[redacted]" }
-func (secret) GoString() string { return "[redacted]" }
+// secret is the one secret type (httpx.Secret): it never prints, whatever
+// the verb, and it marshals as "[redacted]".
+type secret = httpx.Secret
 
 // configErrf returns a configuration error: one line, exit code 2.
 func configErrf(format string, args ...any) error { return cli.Usagef(format, args...) }

@@ -15,6 +15,7 @@ import (
 	"github.com/certmail/certmail/internal/outcome"
 	"github.com/certmail/certmail/internal/providers"
 	"github.com/certmail/certmail/internal/providers/digicert/digicerttest"
+	"github.com/certmail/certmail/internal/providers/httpx"
 	"github.com/certmail/certmail/internal/providers/opensrs/opensrstest"
 	"github.com/certmail/certmail/internal/redisconn"
 	"github.com/certmail/certmail/internal/tasks"
@@ -78,19 +79,11 @@ func startDemo(cfg *config, d *deps) (*demoEnv, error) {
 	cfg.taskCheck = 200 * time.Millisecond
 	cfg.reconcileEvery = 10 * time.Second
 	if cfg.dashboardUser == "" {
-		if h, _, err := net.SplitHostPort(cfg.httpAddr); err == nil && isLoopback(h) {
+		if h, _, err := net.SplitHostPort(cfg.httpAddr); err == nil && httpx.IsLoopback(h) {
 			cfg.dashboardNoAuth = true
 		}
 	}
 	return demo, nil
-}
-
-func isLoopback(host string) bool {
-	if host == "localhost" {
-		return true
-	}
-	ip := net.ParseIP(host)
-	return ip != nil && ip.IsLoopback()
 }
 
 func (d *demoEnv) Close() {

@@ -175,7 +175,7 @@ func newWorker(ctx context.Context, cfg *config, d deps) (_ *worker, err error) 
 	if cfg.httpAddr == "off" {
 		return w, nil
 	}
-	dash := opsserver.DashboardConfig{User: cfg.dashboardUser, Password: string(cfg.dashboardPass), NoAuth: cfg.dashboardNoAuth, ReadOnly: cfg.dashboardRO}
+	dash := opsserver.DashboardConfig{User: cfg.dashboardUser, Password: cfg.dashboardPass.Reveal(), NoAuth: cfg.dashboardNoAuth, ReadOnly: cfg.dashboardRO}
 	ops, err := opsserver.New(opsserver.Config{
 		RedisURL: w.redisURL, Redis: w.rdb, Running: w.running.Load, Metrics: m.Handler(), Dashboard: dash, Logger: w.log,
 	})
@@ -273,7 +273,7 @@ func buildClients(cfg *config, httpClients map[providers.Name]*http.Client) (cli
 	if cfg.opensrsKey != "" {
 		opts := []opensrs.Option{
 			opensrs.WithBaseURL(cfg.opensrsURL),
-			opensrs.WithCredentials(cfg.opensrsUsername, string(cfg.opensrsKey)),
+			opensrs.WithCredentials(cfg.opensrsUsername, cfg.opensrsKey.Reveal()),
 			opensrs.WithTimeout(cfg.providerTimeout),
 			opensrs.WithMaxConns(cfg.concurrency),
 		}
@@ -289,7 +289,7 @@ func buildClients(cfg *config, httpClients map[providers.Name]*http.Client) (cli
 	if cfg.digicertKey != "" {
 		opts := []digicert.Option{
 			digicert.WithBaseURL(cfg.digicertURL),
-			digicert.WithAPIKey(string(cfg.digicertKey)),
+			digicert.WithAPIKey(cfg.digicertKey.Reveal()),
 			digicert.WithTimeout(cfg.providerTimeout),
 			digicert.WithMaxConns(cfg.concurrency),
 		}
@@ -312,12 +312,12 @@ func limitClients(cfg *config, c clients, rdb redis.UniversalClient, log *slog.L
 	maxWait := tasks.DefaultInAttempt.MaxRateLimitWait
 	out := map[providers.Name]providers.Resender{}
 	if c.opensrs != nil {
-		out[providers.OpenSRS] = ratelimit.Wrap(c.opensrs, rdb, providers.OpenSRS, cfg.opensrsUsername+"\x00"+string(cfg.opensrsKey), cfg.opensrsRate, maxWait)
+		out[providers.OpenSRS] = ratelimit.Wrap(c.opensrs, rdb, providers.OpenSRS, cfg.opensrsUsername+"\x00"+cfg.opensrsKey.Reveal(), cfg.opensrsRate, maxWait)
 	} else {
 		log.Warn("OpenSRS not configured: queue opensrs is not consumed and its tasks wait (set OPENSRS_USERNAME and OPENSRS_API_KEY or OPENSRS_API_KEY_FILE)")
 	}
 	if c.digicert != nil {
-		out[providers.DigiCert] = ratelimit.Wrap(c.digicert, rdb, providers.DigiCert, string(cfg.digicertKey), cfg.digicertRate, maxWait)
+		out[providers.DigiCert] = ratelimit.Wrap(c.digicert, rdb, providers.DigiCert, cfg.digicertKey.Reveal(), cfg.digicertRate, maxWait)
 	} else {
 		log.Warn("DigiCert not configured: queue digicert is not consumed and its tasks wait (set DIGICERT_API_KEY or DIGICERT_API_KEY_FILE)")
 	}
