@@ -311,7 +311,7 @@ func buildClients(cfg *config, httpClients map[providers.Name]*http.Client) (cli
 // for a rate slot, but one waiting for a rate slot never holds a slot.
 func capInFlight(next providers.Resender, rdb redis.UniversalClient, cfg *config, p providers.Name, cred string, n int) providers.Resender {
 	return inflight.Wrap(next, rdb, inflight.Config{Provider: p, Credential: cred, Cap: n,
-		CallLimit: cfg.providerTimeout, MaxWait: tasks.DefaultInAttempt.MaxRateLimitWait})
+		CallLimit: cfg.providerTimeout, MaxWait: inflight.DefaultMaxWait, RetriedInPlace: tasks.DefaultInAttempt.MaxRateLimitWait})
 }
 
 // limitClients puts each client behind the rate limiter shared through

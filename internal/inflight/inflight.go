@@ -19,7 +19,8 @@
 // A call that finds the cap full waits in place: it tries again when a slot
 // of this process is released, or after a short jittered poll (20–100 ms;
 // slots released by other processes are seen that way), never after the
-// earliest lease could expire. It waits up to MaxWait and never past its
+// earliest lease could expire. It waits up to MaxWait (DefaultMaxWait, 10 s
+// in the worker) and never past its
 // context's deadline; then it returns an *Error of class
 // providers.RateLimited that never reached the provider, so the task goes
 // back to the queue without spending its retry budget, and its attempt is
@@ -65,8 +66,13 @@ const deadlineSlack = 100 * time.Millisecond
 // leaves the slot to its lease.
 const releaseTimeout = 2 * time.Second
 
-// requeueMax bounds how long a task that got no slot is sent back for.
-const requeueMax = 10 * time.Second
+// DefaultMaxWait is the worker's bound on the in-place wait for a slot.
+// It is longer than the rate limiter's: the calls ahead hold their slots
+// for a provider round trip each, so a wait of a few rounds is common under
+// a backlog, and a task sent back instead costs at least asynq's forwarder
+// interval (5 s) before it can run, while the slots it could have used go
+// idle if every waiter gives up at once.
+const DefaultMaxWait = 10 * time.Second
 
 // Config is one provider credential's cap.
 type Config struct {
@@ -77,8 +83,12 @@ type Config struct {
 	Cap int
 	// CallLimit is the longest a provider call may take (PROVIDER_TIMEOUT).
 	CallLimit time.Duration
-	// MaxWait is the longest in-place wait for a slot.
+	// MaxWait is the longest in-place wait for a slot (DefaultMaxWait).
 	MaxWait time.Duration
+	// RetriedInPlace is the longest rate-limit wait the caller retries in
+	// place (tasks.InAttempt.MaxRateLimitWait): a task that got no slot is
+	// sent back for longer, so that it goes back to the queue instead.
+	RetriedInPlace time.Duration
 }
 
 // Resender is a providers.Resender that holds one slot of the fleet-wide
@@ -165,14 +175,15 @@ func (r *Resender) acquire(ctx context.Context, token string) error {
 	}
 }
 
-// requeue is how long a task that got no slot goes back to the queue for:
-// until the earliest lease could expire, but long enough that the
-// in-attempt retry (which honours waits up to MaxWait) does not wait in
-// place again, and no longer than requeueMax, since slots of live workers
-// usually free long before their leases end.
+// requeue is how long a task that got no slot goes back to the queue
+// for: a little longer than the caller's in-place retry honours (so it does
+// go back), jittered so that tasks given up together do not return
+// together, and not past the earliest lease's end if that comes later.
+// Slots of live workers usually free long before their leases end, so the
+// lease alone would park tasks needlessly.
 func (r *Resender) requeue(untilFree time.Duration) time.Duration {
-	floor := r.cfg.MaxWait + time.Second
-	return max(min(untilFree, requeueMax), floor)
+	floor := r.cfg.RetriedInPlace + time.Second
+	return max(floor, min(untilFree, floor+rand.N(floor/2+1)))
 }
 
 // release gives the slot back even when ctx is done, and wakes a waiter of

@@ -39,7 +39,7 @@ func (g *gauge) resender(hold time.Duration) resendFunc {
 }
 
 func config(capacity int, maxWait time.Duration) Config {
-	return Config{Provider: providers.OpenSRS, Credential: "user\x00key", Cap: capacity, CallLimit: time.Minute, MaxWait: maxWait}
+	return Config{Provider: providers.OpenSRS, Credential: "user\x00key", Cap: capacity, CallLimit: time.Minute, MaxWait: maxWait, RetriedInPlace: time.Second}
 }
 
 func held(t *testing.T, c redis.UniversalClient) int64 {
@@ -102,8 +102,8 @@ func TestFullCapRequeues(t *testing.T) {
 		require.Equal(t, providers.RateLimited, d.Class)
 		require.Equal(t, Code, d.Code)
 		require.True(t, d.NotSent)
-		require.Greater(t, d.RetryAfter, 300*time.Millisecond, "longer than the in-place wait")
-		require.LessOrEqual(t, d.RetryAfter, requeueMax)
+		require.Greater(t, d.RetryAfter, time.Second, "longer than the caller retries in place")
+		require.LessOrEqual(t, d.RetryAfter, 3*time.Second)
 		require.Zero(t, g.calls.Load(), "the provider was not called")
 		require.Equal(t, int64(1), held(t, c), "the other holder keeps its slot")
 	})
