@@ -110,7 +110,7 @@ func waitCompleted(t *testing.T, insp *asynq.Inspector, ids []string, within tim
 // OpenSRS tasks to a simulator answering after 150 ms: the simulator never
 // has more than 2 requests in flight, and has 2 at least 80% of the time.
 // Then a worker is killed with SIGKILL while its call holds a slot: the cap
-// is one short only until that slot's lease (PROVIDER_TIMEOUT 5s + 10 s)
+// is one short only until that slot's lease (PROVIDER_TIMEOUT 12s + 10 s)
 // ends, then 2 calls are in flight again; tasks that found no slot went
 // back to the queue without spending their budget, recorded with provider
 // code in_flight_cap.
@@ -126,7 +126,9 @@ func TestInFlightCapAcrossWorkerProcesses(t *testing.T) {
 	sim := opensrstest.NewServer(user, key)
 	defer sim.Close()
 	sim.SetDefault(opensrstest.Behavior{Delay: 150 * time.Millisecond})
-	const providerTimeout = 5 * time.Second
+	// Long enough that half of it (the longest wait for a slot) covers the
+	// first backlog's waits; short enough to keep the lease short.
+	const providerTimeout = 12 * time.Second
 	lease := providerTimeout + inflight.LeaseMargin
 	env := []string{
 		"REDIS_URL=" + b.URL, "OPENSRS_USERNAME=" + user, "OPENSRS_API_KEY=" + key, "OPENSRS_URL=" + sim.URL(),
@@ -195,7 +197,7 @@ func TestInFlightCapAcrossWorkerProcesses(t *testing.T) {
 
 	// A backlog larger than one slot can clear within the lease.
 	sim.ResetLoad()
-	more := enqueueOpenSRS(t, rdb, orderRange(2000, 160))
+	more := enqueueOpenSRS(t, rdb, orderRange(2000, 240))
 	require.Eventually(t, func() bool { return sim.Load().Now >= 2 }, lease+20*time.Second, 5*time.Millisecond,
 		"the cap never came back to 2")
 	back := time.Since(hungAt) // the slot was taken just before

@@ -34,6 +34,7 @@ import (
 	"context"
 	crand "crypto/rand"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"time"
@@ -136,8 +137,10 @@ func (r *Resender) lease(ctx context.Context) time.Duration {
 func (r *Resender) acquire(ctx context.Context, token string) error {
 	start := time.Now()
 	giveUp := start.Add(r.cfg.MaxWait)
-	if dl, ok := ctx.Deadline(); ok && dl.Add(-deadlineSlack).Before(giveUp) {
-		giveUp = dl.Add(-deadlineSlack)
+	if dl, ok := ctx.Deadline(); ok {
+		// The wait comes out of the call's time: leave it at least half,
+		// or a slot taken late would time out and be charged as a failure.
+		giveUp = minTime(giveUp, start.Add(dl.Sub(start)/2), dl.Add(-deadlineSlack))
 	}
 	var timer *time.Timer
 	defer func() {
@@ -149,7 +152,7 @@ func (r *Resender) acquire(ctx context.Context, token string) error {
 		ok, untilFree, err := r.rdb.AcquireSlot(ctx, string(r.cfg.Provider), r.credHash, token, r.cfg.Cap, r.lease(ctx))
 		if err != nil {
 			if ctx.Err() != nil {
-				err = ctx.Err()
+				return r.stopped(ctx, start)
 			}
 			return &Error{Provider: r.cfg.Provider, Class: providers.Transient, Cap: r.cfg.Cap, Err: fmt.Errorf("in-flight cap: %w", err)}
 		}
@@ -168,11 +171,22 @@ func (r *Resender) acquire(ctx context.Context, token string) error {
 		}
 		select {
 		case <-ctx.Done():
-			return &Error{Provider: r.cfg.Provider, Class: providers.Transient, Cap: r.cfg.Cap, Err: ctx.Err()}
+			return r.stopped(ctx, start)
 		case <-r.freed:
 		case <-timer.C:
 		}
 	}
+}
+
+// stopped is the error of a wait whose context ended. A cancellation
+// (shutdown, the dashboard) is reported as such; a deadline that passed
+// while Redis was slow to answer is still only a wait for a slot, sent back
+// like one: nothing reached the provider.
+func (r *Resender) stopped(ctx context.Context, start time.Time) error {
+	if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+		return &Error{Provider: r.cfg.Provider, Class: providers.RateLimited, Cap: r.cfg.Cap, Waited: time.Since(start), RetryAfter: r.requeue(0)}
+	}
+	return &Error{Provider: r.cfg.Provider, Class: providers.Transient, Cap: r.cfg.Cap, Err: ctx.Err()}
 }
 
 // requeue is how long a task that got no slot goes back to the queue
@@ -197,6 +211,15 @@ func (r *Resender) release(ctx context.Context, token string) {
 	case r.freed <- struct{}{}:
 	default:
 	}
+}
+
+func minTime(t time.Time, more ...time.Time) time.Time {
+	for _, m := range more {
+		if m.Before(t) {
+			t = m
+		}
+	}
+	return t
 }
 
 func newToken() string {

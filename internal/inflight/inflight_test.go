@@ -110,8 +110,9 @@ func TestFullCapRequeues(t *testing.T) {
 }
 
 // TestWaitStopsBeforeDeadline: a context whose deadline comes before
-// MaxWait ends the wait as a requeue before the deadline, not as an
-// expired context (which would be charged as a failure).
+// MaxWait ends the wait as a requeue about half-way to the deadline, not as
+// an expired context or a slot taken too late for the call (either would
+// be charged as a failure).
 func TestWaitStopsBeforeDeadline(t *testing.T) {
 	t.Parallel()
 	redistest.Each(t, func(t *testing.T, b redistest.Backend) {
@@ -121,10 +122,12 @@ func TestWaitStopsBeforeDeadline(t *testing.T) {
 		r := Wrap(resendFunc(func(context.Context, providers.Request) (providers.Result, error) {
 			return providers.Result{}, errors.New("must not be called")
 		}), c, config(1, time.Minute))
-		ctx, cancel := context.WithTimeout(t.Context(), 500*time.Millisecond)
+		ctx, cancel := context.WithTimeout(t.Context(), 2*time.Second)
 		defer cancel()
+		start := time.Now()
 		_, err = r.Resend(ctx, providers.Request{OrderID: "1"})
 		require.NoError(t, ctx.Err(), "gave up before the deadline")
+		require.Less(t, time.Since(start), 1500*time.Millisecond, "half the time is left to the call")
 		require.Equal(t, providers.RateLimited, providers.Classify(err))
 		require.NotErrorIs(t, err, context.DeadlineExceeded)
 	})
@@ -197,4 +200,27 @@ func TestNoCapNoWrapper(t *testing.T) {
 	got := Wrap(next, nil, config(0, time.Second))
 	_, ok := got.(resendFunc)
 	require.True(t, ok)
+}
+
+// TestDeadlineDuringAcquireRequeues: a context that is already past its
+// deadline (Redis answered too slowly) ends the wait as a requeue, not as
+// a transient failure that would spend the budget; a cancelled one is
+// reported as a cancellation.
+func TestDeadlineDuringAcquireRequeues(t *testing.T) {
+	t.Parallel()
+	redistest.Each(t, func(t *testing.T, b redistest.Backend) {
+		r := Wrap(resendFunc(func(context.Context, providers.Request) (providers.Result, error) {
+			return providers.Result{}, errors.New("must not be called")
+		}), b.Client(t), config(1, time.Second))
+		ctx, cancel := context.WithDeadline(t.Context(), time.Now().Add(-time.Second))
+		defer cancel()
+		_, err := r.Resend(ctx, providers.Request{OrderID: "1"})
+		require.Equal(t, providers.RateLimited, providers.Classify(err), "%v", err)
+
+		ctx, cancel = context.WithCancel(t.Context())
+		cancel()
+		_, err = r.Resend(ctx, providers.Request{OrderID: "1"})
+		require.ErrorIs(t, err, context.Canceled)
+		require.Equal(t, providers.Transient, providers.Classify(err))
+	})
 }
