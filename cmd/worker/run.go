@@ -150,6 +150,13 @@ func newWorker(ctx context.Context, cfg *config, d deps) (_ *worker, err error) 
 	inspector := asynq.NewInspectorFromRedisClient(w.rdb)
 	w.closers = append(w.closers, inspector.Close)
 	m := metrics.New(inspector, store, tasks.Queues)
+	slots := map[string]metrics.SlotGauge{}
+	for p, r := range resenders {
+		if g, ok := r.(metrics.SlotGauge); ok {
+			slots[string(p)] = g
+		}
+	}
+	m.WatchSlots(slots)
 	w.dl = deadletter.New(w.rdb, store)
 	w.closers = append(w.closers, w.dl.Close)
 

@@ -37,6 +37,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"sync/atomic"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -101,7 +102,15 @@ type Resender struct {
 	credHash string
 	// freed wakes one waiter of this process when a slot is released here.
 	freed chan struct{}
+	// inUse and waiting count this process's holders and waiters.
+	inUse, waiting atomic.Int64
 }
+
+// InUse is the number of slots this process holds now.
+func (r *Resender) InUse() int64 { return r.inUse.Load() }
+
+// Waiting is the number of calls of this process waiting for a slot.
+func (r *Resender) Waiting() int64 { return r.waiting.Load() }
 
 // Wrap returns next behind the cap, shared by every worker using the same
 // credential through c. With Cap 0 it returns next.
@@ -115,9 +124,13 @@ func Wrap(next providers.Resender, c redis.UniversalClient, cfg Config) provider
 // Resend implements providers.Resender.
 func (r *Resender) Resend(ctx context.Context, req providers.Request) (providers.Result, error) {
 	token := newToken()
-	if err := r.acquire(ctx, token); err != nil {
+	r.waiting.Add(1)
+	err := r.acquire(ctx, token)
+	r.waiting.Add(-1)
+	if err != nil {
 		return providers.Result{}, err
 	}
+	r.inUse.Add(1)
 	defer r.release(ctx, token)
 	return r.next.Resend(ctx, req)
 }
@@ -207,6 +220,7 @@ func (r *Resender) release(ctx context.Context, token string) {
 	defer cancel()
 	// A failed release leaves the slot to its lease: nothing else to do.
 	_ = r.rdb.ReleaseSlot(rctx, string(r.cfg.Provider), r.credHash, token)
+	r.inUse.Add(-1)
 	select {
 	case r.freed <- struct{}{}:
 	default:

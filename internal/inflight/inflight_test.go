@@ -163,9 +163,10 @@ func TestReleasedWhateverTheEnd(t *testing.T) {
 						return providers.Result{}, ctx.Err()
 					}
 				}
-				var during int64
-				r := Wrap(resendFunc(func(ctx context.Context, req providers.Request) (providers.Result, error) {
-					during = held(t, c)
+				var during, local int64
+				var r providers.Resender
+				r = Wrap(resendFunc(func(ctx context.Context, req providers.Request) (providers.Result, error) {
+					during, local = held(t, c), r.(*Resender).InUse()
 					return call(ctx, req)
 				}), c, config(1, time.Second))
 				func() {
@@ -173,7 +174,10 @@ func TestReleasedWhateverTheEnd(t *testing.T) {
 					_, _ = r.Resend(ctx, providers.Request{OrderID: "1"})
 				}()
 				require.Equal(t, int64(1), during, "the slot was held during the call")
+				require.Equal(t, int64(1), local, "InUse counts it")
 				require.Zero(t, held(t, c), "and given back after it")
+				require.Zero(t, r.(*Resender).InUse())
+				require.Zero(t, r.(*Resender).Waiting())
 			})
 		})
 	}
