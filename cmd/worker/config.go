@@ -37,6 +37,8 @@ type config struct {
 	digicertRateSpec string
 	opensrsRate      []ratelimit.Rule
 	digicertRate     []ratelimit.Rule
+	opensrsInFlight  int // fleet-wide cap of calls in flight per credential; 0: none
+	digicertInFlight int
 	providerTimeout  time.Duration
 	retryBase        time.Duration
 	retryMax         time.Duration
@@ -142,6 +144,14 @@ var settings = []setting{
 		help:  "the same for OpenSRS (no limit is documented), e.g. 10/1s",
 		field: func(c *config) any { return &c.opensrsRateSpec },
 		check: func(c *config) string { return rules(c.opensrsRateSpec, &c.opensrsRate) }},
+	{env: "OPENSRS_MAX_IN_FLIGHT", flag: "opensrs-max-in-flight", def: "2",
+		help:  "OpenSRS calls in flight at once per reseller account across all workers (OpenSRS answers 310 past its cap); 0 disables",
+		field: func(c *config) any { return &c.opensrsInFlight },
+		check: func(c *config) string { return inFlightCap(c.opensrsInFlight) }},
+	{env: "DIGICERT_MAX_IN_FLIGHT", flag: "digicert-max-in-flight", def: "0",
+		help:  "the same for DigiCert, per API key; 0 disables",
+		field: func(c *config) any { return &c.digicertInFlight },
+		check: func(c *config) string { return inFlightCap(c.digicertInFlight) }},
 	{env: "PROVIDER_TIMEOUT", flag: "provider-timeout", def: "90s", help: "limit of one provider call, all included",
 		field: func(c *config) any { return &c.providerTimeout },
 		check: atLeast(time.Second, func(c *config) time.Duration { return c.providerTimeout }, "")},
@@ -227,6 +237,13 @@ func rules(spec string, into *[]ratelimit.Rule) string {
 	var err error
 	if *into, err = ratelimit.ParseRules(spec); err != nil {
 		return err.Error()
+	}
+	return ""
+}
+
+func inFlightCap(n int) string {
+	if n < 0 {
+		return fmt.Sprintf("must be 0 (no cap) or more, got %d", n)
 	}
 	return ""
 }

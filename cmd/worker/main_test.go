@@ -80,6 +80,8 @@ func TestConfigErrors(t *testing.T) {
 		{"bad log level", nil, map[string]string{"DIGICERT_API_KEY": "k", "LOG_LEVEL": "loud"}, "LOG_LEVEL"},
 		{"bad rate limit", nil, map[string]string{"DIGICERT_API_KEY": "k", "DIGICERT_RATE_LIMIT": "lots"}, "DIGICERT_RATE_LIMIT"},
 		{"bad rate limit flag", []string{"--opensrs-rate-limit", "5/0s"}, map[string]string{"DIGICERT_API_KEY": "k"}, "OPENSRS_RATE_LIMIT"},
+		{"bad in-flight cap", nil, map[string]string{"DIGICERT_API_KEY": "k", "OPENSRS_MAX_IN_FLIGHT": "two"}, "OPENSRS_MAX_IN_FLIGHT"},
+		{"negative in-flight cap flag", []string{"--digicert-max-in-flight", "-1"}, map[string]string{"DIGICERT_API_KEY": "k"}, "DIGICERT_MAX_IN_FLIGHT (--digicert-max-in-flight)"},
 		{"unknown flag", []string{"--nope"}, map[string]string{"DIGICERT_API_KEY": "k"}, "-nope"},
 		{"stray argument", []string{"extra"}, map[string]string{"DIGICERT_API_KEY": "k"}, "extra"},
 	}

@@ -19,6 +19,7 @@ import (
 
 	"github.com/certmail/certmail/internal/cli"
 	"github.com/certmail/certmail/internal/deadletter"
+	"github.com/certmail/certmail/internal/inflight"
 	"github.com/certmail/certmail/internal/metrics"
 	"github.com/certmail/certmail/internal/opsserver"
 	"github.com/certmail/certmail/internal/outcome"
@@ -149,6 +150,13 @@ func newWorker(ctx context.Context, cfg *config, d deps) (_ *worker, err error) 
 	inspector := asynq.NewInspectorFromRedisClient(w.rdb)
 	w.closers = append(w.closers, inspector.Close)
 	m := metrics.New(inspector, store, tasks.Queues)
+	slots := map[string]metrics.SlotGauge{}
+	for p, r := range resenders {
+		if g, ok := r.(metrics.SlotGauge); ok {
+			slots[string(p)] = g
+		}
+	}
+	m.WatchSlots(slots)
 	w.dl = deadletter.New(w.rdb, store)
 	w.closers = append(w.closers, w.dl.Close)
 
@@ -305,19 +313,29 @@ func buildClients(cfg *config, httpClients map[providers.Name]*http.Client) (cli
 	return out, nil
 }
 
-// limitClients puts each client behind the rate limiter shared through Redis.
+// capInFlight puts a (rate-limited) client behind the fleet-wide in-flight
+// cap. The cap is outside the limiter: a call holding a slot may then wait
+// for a rate slot, but one waiting for a rate slot never holds a slot.
+func capInFlight(next providers.Resender, rdb redis.UniversalClient, cfg *config, p providers.Name, cred string, n int) providers.Resender {
+	return inflight.Wrap(next, rdb, inflight.Config{Provider: p, Credential: cred, Cap: n,
+		CallLimit: cfg.providerTimeout, MaxWait: inflight.DefaultMaxWait, RetriedInPlace: tasks.DefaultInAttempt.MaxRateLimitWait})
+}
+
+// limitClients puts each client behind the rate limiter shared through
+// Redis, and that behind the in-flight cap (capInFlight).
 func limitClients(cfg *config, c clients, rdb redis.UniversalClient, log *slog.Logger) map[providers.Name]providers.Resender {
 	// Waits for a limiter slot up to this long are taken in the attempt;
 	// longer ones send the task back to the queue, budget untouched.
 	maxWait := tasks.DefaultInAttempt.MaxRateLimitWait
 	out := map[providers.Name]providers.Resender{}
 	if c.opensrs != nil {
-		out[providers.OpenSRS] = ratelimit.Wrap(c.opensrs, rdb, providers.OpenSRS, cfg.opensrsUsername+"\x00"+cfg.opensrsKey.Reveal(), cfg.opensrsRate, maxWait)
+		cred := cfg.opensrsUsername + "\x00" + cfg.opensrsKey.Reveal()
+		out[providers.OpenSRS] = capInFlight(ratelimit.Wrap(c.opensrs, rdb, providers.OpenSRS, cred, cfg.opensrsRate, maxWait), rdb, cfg, providers.OpenSRS, cred, cfg.opensrsInFlight)
 	} else {
 		log.Warn("OpenSRS not configured: queue opensrs is not consumed and its tasks wait (set OPENSRS_USERNAME and OPENSRS_API_KEY or OPENSRS_API_KEY_FILE)")
 	}
 	if c.digicert != nil {
-		out[providers.DigiCert] = ratelimit.Wrap(c.digicert, rdb, providers.DigiCert, cfg.digicertKey.Reveal(), cfg.digicertRate, maxWait)
+		out[providers.DigiCert] = capInFlight(ratelimit.Wrap(c.digicert, rdb, providers.DigiCert, cfg.digicertKey.Reveal(), cfg.digicertRate, maxWait), rdb, cfg, providers.DigiCert, cfg.digicertKey.Reveal(), cfg.digicertInFlight)
 	} else {
 		log.Warn("DigiCert not configured: queue digicert is not consumed and its tasks wait (set DIGICERT_API_KEY or DIGICERT_API_KEY_FILE)")
 	}

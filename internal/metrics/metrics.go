@@ -8,6 +8,8 @@
 //	certmail_queue_stats_errors_total                counter, failed queue stat refreshes
 //	certmail_dead_letters                            gauge, records in the dead-letter store
 //	certmail_dead_letters_errors_total               counter, scrapes that could not count them
+//	certmail_in_flight_slots{provider}               gauge, in-flight cap slots this worker holds (WatchSlots)
+//	certmail_in_flight_waiting{provider}             gauge, calls of this worker waiting for a slot
 //	go_* and process_*                               Go runtime and process collectors
 //
 // Queue sizes come from asynq's Inspector.GetQueueInfo, a Lua script per

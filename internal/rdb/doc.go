@@ -37,6 +37,9 @@
 //	certmail:ratelimit:<provider>:<h>:<i>  string  until the bucket is full again (redis_rate sets it);
 //	                                               GCRA state of rule i for the credential whose
 //	                                               SHA-256 starts with h (16 hex digits)
+//	certmail:slots:{<provider>:<h>}        zset    the longest live lease: the in-flight cap's holders
+//	                                               (tokens) scored by lease expiry (ms, Redis's clock);
+//	                                               expired holders are dropped by every acquire
 //
 // Until this package, the limiter keys were rate:certmail:ratelimit:…
 // (redis_rate prepends "rate:"); keys of that form left by an older worker
@@ -54,6 +57,8 @@
 //   - claimScript (done + inflight) is the only multi-key script on the hot
 //     path; both keys carry the task ID as hash tag {<id>}, so it stays in
 //     one slot.
+//   - acquireSlotScript touches one key, SlotsKey, hash-tagged with its
+//     provider and credential hash.
 //   - releaseScript, takeoverScript, repointScript and the limiter's script
 //     (redis_rate's own, the one script run here that certmail does not
 //     write) each touch one key.

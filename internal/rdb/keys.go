@@ -57,3 +57,12 @@ func AsynqArchivedKey(queue string) string { return "asynq:{" + queue + "}:archi
 // v0.26.0), present in every state from enqueue until the task is deleted.
 // Read only; TestTaskKeyMatchesAsynq (internal/tasks) pins it against asynq.
 func AsynqTaskKey(queue, id string) string { return "asynq:{" + queue + "}:t:" + id }
+
+// SlotsKey is the in-flight cap's semaphore for one credential of a
+// provider: a sorted set of holder tokens scored by lease expiry (server
+// time, ms). credHash is a hash of the credential (CredentialHash), never
+// the credential; provider and hash form the hash tag, so the one key a
+// semaphore script touches names its own slot.
+func SlotsKey(provider, credHash string) string {
+	return Prefix + "slots:{" + provider + ":" + credHash + "}"
+}

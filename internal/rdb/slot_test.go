@@ -44,6 +44,7 @@ func TestSlots(t *testing.T) {
 		sameSlot bool
 	}{
 		{"claimScript", []string{DoneKey(id), InflightKey(id)}, true},
+		{"acquireSlotScript", []string{SlotsKey("opensrs", "0123456789abcdef")}, true},
 		{"addDeadScript", []string{DeadKey(id), TombKey(id), DeadIndexKey, AttemptsKey(id), AsynqArchivedKey(queue)}, false},
 		{"claimDeadScript", []string{DeadKey(id), DeadClaimKey(id), TombKey(id),
 			AsynqTaskKey(queue, succ), AttemptsKey(succ), DoneKey(succ), DeadKey(succ), TombKey(succ)}, false},

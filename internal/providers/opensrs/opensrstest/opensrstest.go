@@ -94,6 +94,42 @@ type Server struct {
 	def       Behavior
 	seq       map[string]int // per order: authenticated, valid requests so far
 	requests  []Request
+	load      Load      // requests in flight, measured by the server itself
+	changed   time.Time // when the number in flight last changed
+}
+
+// Load is how many requests the server had in flight at once, measured
+// from the arrival of each request to the end of its answer: what
+// OpenSRS's simultaneous-connection cap sees.
+type Load struct {
+	// Now is the number in flight now; Max the most ever at once.
+	Now, Max int
+	// At[k] is the total time during which exactly k requests were in
+	// flight, from the first request's arrival to the last change.
+	At []time.Duration
+}
+
+// Span is the time from the first arrival to the last change.
+func (l Load) Span() time.Duration {
+	var d time.Duration
+	for _, a := range l.At {
+		d += a
+	}
+	return d
+}
+
+// AtLeast is the share of Span during which at least n requests were in
+// flight (0 when nothing was measured).
+func (l Load) AtLeast(n int) float64 {
+	span := l.Span()
+	if span == 0 {
+		return 0
+	}
+	var d time.Duration
+	for k := n; k < len(l.At); k++ {
+		d += l.At[k]
+	}
+	return float64(d) / float64(span)
 }
 
 // NewServer starts a plain-HTTP simulator on 127.0.0.1 accepting username and
@@ -157,6 +193,39 @@ func (s *Server) Requests() []Request {
 	return out
 }
 
+// Load returns the in-flight measurement so far.
+func (s *Server) Load() Load {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	l := s.load
+	l.At = append([]time.Duration(nil), l.At...)
+	return l
+}
+
+// ResetLoad starts the in-flight measurement afresh (Max becomes the
+// number in flight now).
+func (s *Server) ResetLoad() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.load = Load{Now: s.load.Now, Max: s.load.Now}
+	s.changed = time.Time{}
+}
+
+// track adds delta to the requests in flight, first crediting the time
+// spent at the previous level. The caller holds s.mu.
+func (s *Server) track(delta int) {
+	now := time.Now()
+	if !s.changed.IsZero() {
+		for len(s.load.At) <= s.load.Now {
+			s.load.At = append(s.load.At, 0)
+		}
+		s.load.At[s.load.Now] += now.Sub(s.changed)
+	}
+	s.changed = now
+	s.load.Now += delta
+	s.load.Max = max(s.load.Max, s.load.Now)
+}
+
 // Count returns how many requests named orderID, whatever they were answered.
 func (s *Server) Count(orderID string) int {
 	s.mu.Lock()
@@ -187,6 +256,14 @@ func sign(body []byte, key string) string {
 const maxBody = 1 << 20
 
 func (s *Server) handle(w http.ResponseWriter, r *http.Request) {
+	s.mu.Lock()
+	s.track(1)
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		s.track(-1)
+		s.mu.Unlock()
+	}()
 	body, readErr := io.ReadAll(io.LimitReader(r.Body, maxBody+1))
 	env, parseErr := parseEnvelope(body)
 	rec := Request{

@@ -401,3 +401,30 @@ func TestDefaultText(t *testing.T) {
 		require.NotEmpty(t, opensrstest.DefaultText(code), code)
 	}
 }
+
+// TestLoadMeasuresInFlight: the server counts requests in flight from
+// arrival to answer: three concurrent delayed requests make a Max of 3, and
+// the time at each level adds up to the span from the first arrival.
+func TestLoadMeasuresInFlight(t *testing.T) {
+	t.Parallel()
+	s := newServer(t)
+	s.SetDefault(opensrstest.Behavior{Delay: 200 * time.Millisecond})
+	var wg sync.WaitGroup
+	for range 3 {
+		wg.Go(func() { post(t, s, certBody("1799"), nil) })
+	}
+	wg.Wait()
+	l := s.Load()
+	require.Zero(t, l.Now)
+	require.Equal(t, 3, l.Max)
+	require.GreaterOrEqual(t, l.Span(), 200*time.Millisecond)
+	require.Len(t, l.At, 4, "levels 0 to 3 were seen")
+	require.Greater(t, l.AtLeast(1), 0.9, "something was in flight nearly all the time")
+	require.Equal(t, 1.0, l.AtLeast(0))
+
+	s.ResetLoad()
+	post(t, s, certBody("1799"), nil)
+	l = s.Load()
+	require.Equal(t, 1, l.Max, "a reset starts afresh")
+	require.Zero(t, l.AtLeast(2))
+}
