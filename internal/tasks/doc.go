@@ -21,7 +21,8 @@
 //	  → Redis: asynq queue opensrs | digicert
 //	  → cmd/worker newWorker + worker.start: asynq Server → Handler.ProcessTask
 //	  → Decode → Handler.claim → outcome.Store.Claim
-//	  → InAttempt.call → ratelimit.Resender.Resend → opensrs/digicert Client.Resend
+//	  → InAttempt.call → inflight.Resender.Resend → ratelimit.Resender.Resend
+//	  → opensrs/digicert Client.Resend
 //	  → Handler.settle → decide (providers.Describe) → Handler.finish → outcome.Store.Record
 //	  → asynq: RetryPolicy.RetryDelay + IsFailure (retry) | SkipRetry (archive)
 //	  → dead letter: worker sweep deadletter.Service.Reconcile + Prune;
@@ -40,7 +41,8 @@
 // (asynq:{queue}:pending, or :scheduled when delayed; docs/asynq.md §11).
 //
 // Worker. cmd/worker's newWorker builds the provider clients, wraps each in
-// the shared rate limiter (limitClients → ratelimit.Wrap), and starts an
+// the fleet-wide in-flight cap and the shared rate limiter (limitClients →
+// inflight.Wrap around ratelimit.Wrap), and starts an
 // asynq Server (NewServerFromRedisClient with RetryPolicy.RetryDelay and
 // IsFailure) on the queues of the configured providers, with a [Handler].
 //
@@ -53,7 +55,10 @@
 //     this one back to wait for it (docs/asynq.md §2);
 //  3. calls the provider through InAttempt.call, which may retry in place
 //     only what was never sent and short rate-limit waits
-//     (docs/providers.md §2, §3). The call goes through the rate limiter
+//     (docs/providers.md §2, §3). The call first takes a slot of the
+//     provider credential's in-flight cap (inflight.Resender.Resend: a
+//     short wait in place, then back to the queue with code in_flight_cap),
+//     then goes through the rate limiter
 //     (ratelimit.Resender.Resend: a wait of up to 3 s in place, a longer
 //     one comes back as rate-limited without reaching the provider) to the
 //     provider client's Resend (opensrs.Client.Resend,
