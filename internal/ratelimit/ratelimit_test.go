@@ -2,8 +2,7 @@ package ratelimit
 
 import (
 	"context"
-	"errors"
-	"sync"
+		"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -140,8 +139,8 @@ func TestShortWaitIsTakenInPlace(t *testing.T) {
 			require.NoError(t, err)
 		}
 		require.EqualValues(t, 8, next.n.Load())
-		// 5 at once, then one every 200 ms: the 8th no sooner than ~600 ms.
-		require.GreaterOrEqual(t, time.Since(start), 500*time.Millisecond)
+		// 5 at once, then 3 more when the first leave their 1-s window.
+		require.GreaterOrEqual(t, time.Since(start), 900*time.Millisecond)
 	})
 }
 
@@ -159,6 +158,32 @@ func TestRedisDownIsTransientNotSent(t *testing.T) {
 	require.Zero(t, next.n.Load())
 }
 
+// TestWaitPastDeadlineIsARequeue: a slot that frees only after the
+// attempt's deadline is not waited for: the call returns at once,
+// rate-limited with the exact wait, so the handler requeues the task with
+// its budget untouched instead of timing out as a transient failure.
+func TestWaitPastDeadlineIsARequeue(t *testing.T) {
+	t.Parallel()
+	redistest.Each(t, func(t *testing.T, b redistest.Backend) {
+		rdb := b.Client(t)
+		next := &countResender{}
+		w := Wrap(next, rdb, providers.DigiCert, "k", []Rule{{N: 1, Per: 2 * time.Second}}, time.Minute)
+		_, err := w.Resend(t.Context(), providers.Request{OrderID: "1"})
+		require.NoError(t, err)
+		ctx, cancel := context.WithTimeout(t.Context(), time.Second)
+		defer cancel()
+		_, err = w.Resend(ctx, providers.Request{OrderID: "1"})
+		require.NoError(t, ctx.Err(), "returned before the deadline, without waiting for it")
+		d := providers.Describe(err)
+		require.Equal(t, providers.RateLimited, d.Class)
+		require.True(t, d.NotSent)
+		require.Equal(t, "local_rate_limit", d.Code)
+		require.Greater(t, d.RetryAfter, time.Second)
+		require.LessOrEqual(t, d.RetryAfter, 2*time.Second)
+		require.EqualValues(t, 1, next.n.Load())
+	})
+}
+
 func TestCancelWhileWaiting(t *testing.T) {
 	t.Parallel()
 	b := redistest.Mini(t)
@@ -167,9 +192,10 @@ func TestCancelWhileWaiting(t *testing.T) {
 	w := Wrap(next, rdb, providers.DigiCert, "k", []Rule{{N: 1, Per: 10 * time.Second}}, time.Minute)
 	_, err := w.Resend(t.Context(), providers.Request{OrderID: "1"})
 	require.NoError(t, err)
-	ctx, cancel := context.WithTimeout(t.Context(), 100*time.Millisecond)
-	defer cancel()
+	ctx, cancel := context.WithCancel(t.Context())
+	time.AfterFunc(100*time.Millisecond, cancel)
 	_, err = w.Resend(ctx, providers.Request{OrderID: "1"})
-	require.True(t, errors.Is(err, context.DeadlineExceeded))
+	require.ErrorIs(t, err, context.Canceled, "a cancellation (shutdown) is not a rate limit")
+	require.Equal(t, providers.Transient, providers.Describe(err).Class)
 	require.EqualValues(t, 1, next.n.Load())
 }

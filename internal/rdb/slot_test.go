@@ -44,6 +44,8 @@ func TestSlots(t *testing.T) {
 		sameSlot bool
 	}{
 		{"claimScript", []string{DoneKey(id), InflightKey(id)}, true},
+		{"reserveScript", []string{RateLimitKey("digicert", "0123456789abcdef", 0), RateLimitKey("digicert", "0123456789abcdef", 1),
+			RateLimitKey("digicert", "0123456789abcdef", 2)}, true},
 		{"addDeadScript", []string{DeadKey(id), TombKey(id), DeadIndexKey, AttemptsKey(id), AsynqArchivedKey(queue)}, false},
 		{"claimDeadScript", []string{DeadKey(id), DeadClaimKey(id), TombKey(id),
 			AsynqTaskKey(queue, succ), AttemptsKey(succ), DoneKey(succ), DeadKey(succ), TombKey(succ)}, false},
