@@ -2,7 +2,7 @@ package ratelimit
 
 import (
 	"context"
-		"sync"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
