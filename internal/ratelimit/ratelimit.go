@@ -74,6 +74,17 @@ func ParseRules(s string) ([]Rule, error) {
 	return rules, nil
 }
 
+// Guard is added to a rule's period in the grant log. Redis grants slots
+// at exact times, but a request reaches the provider some milliseconds
+// after its grant, and not always the same number: two grants exactly one
+// period apart could arrive a little less than a period apart, and a
+// provider counting arrivals would see N+1 in one window. A 50th of the
+// period, 50 ms to 250 ms, covers that scheduling and network jitter: 2% of
+// the allowance for DigiCert's 100/5s (100 ms), 5% for a 1-s rule.
+func Guard(per time.Duration) time.Duration {
+	return min(max(per/50, 50*time.Millisecond), 250*time.Millisecond)
+}
+
 // Resender is a providers.Resender that waits for a slot before each call.
 type Resender struct {
 	next     providers.Resender
@@ -95,7 +106,7 @@ func Wrap(next providers.Resender, c redis.UniversalClient, provider providers.N
 	sum := sha256.Sum256([]byte(credential))
 	limits := make([]rdb.LimitRule, len(rules))
 	for i, ru := range rules {
-		limits[i] = rdb.LimitRule{N: ru.N, Per: ru.Per}
+		limits[i] = rdb.LimitRule{N: ru.N, Per: ru.Per + Guard(ru.Per)}
 	}
 	return &Resender{
 		next: next, limiter: rdb.New(c).NewLimiter(), provider: provider, rules: rules, limits: limits, maxWait: maxWait,
