@@ -40,8 +40,9 @@
 //	                                               SHA-256 starts with h (16 hex digits); members
 //	                                               "<server µs>:<random token>", scored by the
 //	                                               server time in µs, trimmed to the period on every
-//	                                               call, so at most N members (~60 B each: the
-//	                                               default 1000/3m log is ~70 KB per credential)
+//	                                               call, so at most N members: MEMORY USAGE is
+//	                                               129 KB for the default 1000/3m log, 5 KB for
+//	                                               100/5s (a listpack up to 128 members)
 //
 // Before the sliding-window log the limiter kept GCRA state (redis_rate)
 // in strings named certmail:ratelimit:<provider>:<h>:<i>, and before that
