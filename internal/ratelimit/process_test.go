@@ -1,0 +1,123 @@
+package ratelimit_test
+
+import (
+	"bytes"
+	"os"
+	"os/exec"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/certmail/certmail/internal/providers/digicert/digicerttest"
+	"github.com/certmail/certmail/internal/redistest"
+	"github.com/certmail/certmail/internal/tasks"
+	"github.com/certmail/certmail/internal/testbin"
+)
+
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// arrivalsInWindow is the most arrivals in any window (a-per, a] ending at
+// an arrival a; times sorted.
+func arrivalsInWindow(times []time.Time, per time.Duration) int {
+	most, lo := 0, 0
+	for hi, a := range times {
+		for !times[lo].After(a.Add(-per)) {
+			lo++
+		}
+		most = max(most, hi-lo+1)
+	}
+	return most
+}
+
+// TestWorkerFleetHoldsAndUsesTheLimit: three worker processes sharing one
+// real Redis and one DigiCert API key send a backlog of 400 tasks to one
+// DigiCert simulator (plain HTTP on loopback, which DIGICERT_URL allows)
+// under DIGICERT_RATE_LIMIT=20/1s,100/10s, a scaled-down DigiCert limit.
+// Counted at the simulator, by its arrival times: no 1-s window holds more
+// than 20 requests, no 10-s window more than 100, and the backlog is sent
+// within 1.15 times the fastest legal time (the 400th request no sooner
+// than 34 s after the first: 100 per 10 s, 20 per second). Each task
+// reaches the simulator once, and none spends its retry budget.
+func TestWorkerFleetHoldsAndUsesTheLimit(t *testing.T) {
+	b := redistest.Real(t)
+	bin := testbin.Build(t, "cmd/worker")
+	rdb := b.Client(t)
+	const key = "fleet-test-key"
+	sim := digicerttest.NewServer(key)
+	defer sim.Close()
+
+	enq := tasks.NewEnqueuer(rdb)
+	defer enq.Close()
+	opts := tasks.DefaultOptions()
+	opts.DedupWindow = 0
+	const n = 400
+	for i := range n {
+		_, err := enq.Enqueue(t.Context(), &tasks.DigiCertPayload{OrderID: strconv.Itoa(3_000_000 + i), Locale: "en"}, opts)
+		require.NoError(t, err)
+	}
+
+	var logs []*lockedBuffer
+	for range 3 {
+		cmd := exec.Command(bin, "--redis-url", b.URL, "--http-addr", "127.0.0.1:0")
+		cmd.Env = []string{"PATH=" + os.Getenv("PATH"), "HOME=" + os.Getenv("HOME"),
+			"DIGICERT_API_KEY=" + key, "DIGICERT_URL=" + sim.URL(), "DIGICERT_RATE_LIMIT=20/1s,100/10s"}
+		stderr := &lockedBuffer{}
+		cmd.Stdout, cmd.Stderr = &lockedBuffer{}, stderr
+		require.NoError(t, cmd.Start())
+		logs = append(logs, stderr)
+		exited := make(chan struct{})
+		go func() { _ = cmd.Wait(); close(exited) }()
+		t.Cleanup(func() { _ = cmd.Process.Kill(); <-exited })
+	}
+
+	require.Eventually(t, func() bool {
+		seen := map[string]bool{}
+		for _, r := range sim.Requests() {
+			if r.Status == 204 {
+				seen[r.OrderID] = true
+			}
+		}
+		return len(seen) == n
+	}, 3*time.Minute, 200*time.Millisecond, "the backlog was not sent; worker logs: %s", logs[0])
+
+	reqs := sim.Requests()
+	require.Len(t, reqs, n, "every task reached the simulator once, and only those")
+	times := make([]time.Time, len(reqs))
+	for i, r := range reqs {
+		times[i] = r.Time
+	}
+	sort.Slice(times, func(i, j int) bool { return times[i].Before(times[j]) })
+	in1, in10 := arrivalsInWindow(times, time.Second), arrivalsInWindow(times, 10*time.Second)
+	span := times[len(times)-1].Sub(times[0])
+	const fastest = 34 * time.Second
+	t.Logf("400 requests in %s (fastest legal %s, %.2fx); most in a 1-s window %d, in a 10-s window %d",
+		span.Round(time.Millisecond), fastest, span.Seconds()/fastest.Seconds(), in1, in10)
+	require.LessOrEqual(t, in1, 20, "a 1-s window held more than 20 requests")
+	require.LessOrEqual(t, in10, 100, "a 10-s window held more than 100 requests")
+	require.LessOrEqual(t, span, fastest*115/100, "the backlog took longer than 1.15x the fastest legal time")
+
+	for _, l := range logs {
+		require.NotContains(t, l.String(), `"outcome":"retrying"`, "no task was charged a failure")
+		require.False(t, strings.Contains(l.String(), key), "the API key never reaches a log")
+	}
+}
