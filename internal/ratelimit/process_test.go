@@ -13,6 +13,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/certmail/certmail/internal/outcome"
 	"github.com/certmail/certmail/internal/providers/digicert/digicerttest"
 	"github.com/certmail/certmail/internal/redistest"
 	"github.com/certmail/certmail/internal/tasks"
@@ -71,9 +72,11 @@ func TestWorkerFleetHoldsAndUsesTheLimit(t *testing.T) {
 	opts := tasks.DefaultOptions()
 	opts.DedupWindow = 0
 	const n = 400
+	ids := make([]string, n)
 	for i := range n {
-		_, err := enq.Enqueue(t.Context(), &tasks.DigiCertPayload{OrderID: strconv.Itoa(3_000_000 + i), Locale: "en"}, opts)
+		res, err := enq.Enqueue(t.Context(), &tasks.DigiCertPayload{OrderID: strconv.Itoa(3_000_000 + i), Locale: "en"}, opts)
 		require.NoError(t, err)
+		ids[i] = res.ID
 	}
 
 	var logs []*lockedBuffer
@@ -117,7 +120,26 @@ func TestWorkerFleetHoldsAndUsesTheLimit(t *testing.T) {
 	require.LessOrEqual(t, span, fastest*115/100, "the backlog took longer than 1.15x the fastest legal time")
 
 	for _, l := range logs {
-		require.NotContains(t, l.String(), `"outcome":"retrying"`, "no task was charged a failure")
 		require.False(t, strings.Contains(l.String(), key), "the API key never reaches a log")
 	}
+	// Every attempt either sent the request or was held back by the limiter,
+	// recorded as such with the exact wait; none was charged as a failure.
+	store := outcome.NewStore(rdb, 0)
+	var limited int
+	for _, id := range ids {
+		as, err := store.Attempts(t.Context(), id)
+		require.NoError(t, err)
+		require.NotEmpty(t, as)
+		for _, a := range as {
+			require.Equal(t, 1, a.Attempt, "task %s: retried grew, so a wait spent its budget", id)
+		}
+		for _, a := range as[:len(as)-1] {
+			require.Equal(t, outcome.RateLimited, a.Outcome, "task %s: %+v", id, a)
+			require.Equal(t, "local_rate_limit", a.ProviderCode)
+			require.Positive(t, a.RetryInMS)
+			limited++
+		}
+		require.Equal(t, outcome.Succeeded, as[len(as)-1].Outcome)
+	}
+	t.Logf("%d attempts held back by the limiter and sent back to the queue", limited)
 }

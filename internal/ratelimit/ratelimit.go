@@ -146,10 +146,15 @@ func (r *Resender) Resend(ctx context.Context, req providers.Request) (providers
 		if waited+sleep > r.maxWait {
 			return providers.Result{}, limited
 		}
-		if dl, ok := ctx.Deadline(); ok && time.Until(dl) <= sleep {
-			// The slot would come after the attempt's end: waiting for it
-			// would only turn a requeue into a timeout.
-			return providers.Result{}, limited
+		if dl, ok := ctx.Deadline(); ok {
+			left := time.Until(dl)
+			if left <= res.Wait {
+				// The slot would come after the attempt's end: waiting for
+				// it would only turn a requeue into a timeout. (The same
+				// test as tasks.InAttempt's, so it does not wait either.)
+				return providers.Result{}, limited
+			}
+			sleep = min(sleep, left-time.Millisecond)
 		}
 		slot := time.Now().Add(res.Wait)
 		t := time.NewTimer(sleep)
