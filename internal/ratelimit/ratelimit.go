@@ -143,7 +143,7 @@ func (r *Resender) Resend(ctx context.Context, req providers.Request) (providers
 		rule := r.rules[min(max(res.Rule, 0), len(r.rules)-1)]
 		sleep := res.Wait + rand.N(jitter)
 		limited := &Error{Provider: r.provider, Class: providers.RateLimited, Rule: rule, RetryAfter: res.Wait}
-		if waited+sleep > r.maxWait {
+		if waited+res.Wait > r.maxWait {
 			return providers.Result{}, limited
 		}
 		if dl, ok := ctx.Deadline(); ok {
