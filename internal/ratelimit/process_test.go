@@ -15,6 +15,7 @@ import (
 
 	"github.com/certmail/certmail/internal/outcome"
 	"github.com/certmail/certmail/internal/providers/digicert/digicerttest"
+	"github.com/certmail/certmail/internal/ratelimit"
 	"github.com/certmail/certmail/internal/redistest"
 	"github.com/certmail/certmail/internal/tasks"
 	"github.com/certmail/certmail/internal/testbin"
@@ -53,13 +54,30 @@ func arrivalsInWindow(times []time.Time, per time.Duration) int {
 // TestWorkerFleetHoldsAndUsesTheLimit: three worker processes sharing one
 // real Redis and one DigiCert API key send a backlog of 400 tasks to one
 // DigiCert simulator (plain HTTP on loopback, which DIGICERT_URL allows)
-// under DIGICERT_RATE_LIMIT=20/1s,100/10s, a scaled-down DigiCert limit.
-// Counted at the simulator, by its arrival times: no 1-s window holds more
-// than 20 requests, no 10-s window more than 100, and the backlog is sent
-// within 1.15 times the fastest legal time (the 400th request no sooner
-// than 34 s after the first: 100 per 10 s, 20 per second). Each task
-// reaches the simulator once, and none spends its retry budget.
+// under DIGICERT_RATE_LIMIT, DigiCert's default and a scaled-down one.
+// Counted at the simulator, by its arrival times: no window of a rule's
+// length holds more than its N, and the backlog is sent within 1.15 times
+// the fastest legal time. Each task reaches the simulator once, and every
+// attempt before its success is a rate-limit requeue recorded as
+// local_rate_limit that left its retry count alone.
 func TestWorkerFleetHoldsAndUsesTheLimit(t *testing.T) {
+	tests := []struct {
+		name, limit string
+		windows     []ratelimit.Rule
+		fastest     time.Duration
+	}{
+		// The 400th request no sooner than 34 s after the first: 100 per
+		// 10 s, 20 per second.
+		{"scaled", "20/1s,100/10s", []ratelimit.Rule{{N: 20, Per: time.Second}, {N: 100, Per: 10 * time.Second}}, 34 * time.Second},
+		// DigiCert's own: bursts of 100 at 0, 5, 10 and 15 s.
+		{"default", ratelimit.DigiCertDefault, []ratelimit.Rule{{N: 100, Per: 5 * time.Second}, {N: 1000, Per: 3 * time.Minute}}, 15 * time.Second},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) { fleet(t, tc.limit, tc.windows, tc.fastest) })
+	}
+}
+
+func fleet(t *testing.T, limit string, windows []ratelimit.Rule, fastest time.Duration) {
 	b := redistest.Real(t)
 	bin := testbin.Build(t, "cmd/worker")
 	rdb := b.Client(t)
@@ -83,7 +101,7 @@ func TestWorkerFleetHoldsAndUsesTheLimit(t *testing.T) {
 	for range 3 {
 		cmd := exec.Command(bin, "--redis-url", b.URL, "--http-addr", "127.0.0.1:0")
 		cmd.Env = []string{"PATH=" + os.Getenv("PATH"), "HOME=" + os.Getenv("HOME"),
-			"DIGICERT_API_KEY=" + key, "DIGICERT_URL=" + sim.URL(), "DIGICERT_RATE_LIMIT=20/1s,100/10s"}
+			"DIGICERT_API_KEY=" + key, "DIGICERT_URL=" + sim.URL(), "DIGICERT_RATE_LIMIT=" + limit}
 		stderr := &lockedBuffer{}
 		cmd.Stdout, cmd.Stderr = &lockedBuffer{}, stderr
 		require.NoError(t, cmd.Start())
@@ -110,13 +128,13 @@ func TestWorkerFleetHoldsAndUsesTheLimit(t *testing.T) {
 		times[i] = r.Time
 	}
 	sort.Slice(times, func(i, j int) bool { return times[i].Before(times[j]) })
-	in1, in10 := arrivalsInWindow(times, time.Second), arrivalsInWindow(times, 10*time.Second)
 	span := times[len(times)-1].Sub(times[0])
-	const fastest = 34 * time.Second
-	t.Logf("400 requests in %s (fastest legal %s, %.2fx); most in a 1-s window %d, in a 10-s window %d",
-		span.Round(time.Millisecond), fastest, span.Seconds()/fastest.Seconds(), in1, in10)
-	require.LessOrEqual(t, in1, 20, "a 1-s window held more than 20 requests")
-	require.LessOrEqual(t, in10, 100, "a 10-s window held more than 100 requests")
+	t.Logf("400 requests in %s (fastest legal %s, %.2fx)", span.Round(time.Millisecond), fastest, span.Seconds()/fastest.Seconds())
+	for _, w := range windows {
+		most := arrivalsInWindow(times, w.Per)
+		t.Logf("most in a %s window: %d (limit %d)", w.Per, most, w.N)
+		require.LessOrEqual(t, most, w.N, "a %s window held more than %d requests", w.Per, w.N)
+	}
 	require.LessOrEqual(t, span, fastest*115/100, "the backlog took longer than 1.15x the fastest legal time")
 
 	for _, l := range logs {
