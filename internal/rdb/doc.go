@@ -34,16 +34,25 @@
 //	                                               "<op>:<token>", then "finished:<op>:<token>" for 10m
 //	certmail:tomb:<id>                     string  outcome.TombstoneTTL (24h): "replayed", "deleted"
 //	                                               or "expired"
-//	certmail:ratelimit:<provider>:<h>:<i>  string  until the bucket is full again (redis_rate sets it);
-//	                                               GCRA state of rule i for the credential whose
-//	                                               SHA-256 starts with h (16 hex digits)
+//	certmail:ratelimit:{<provider>:<h>}:<i>
+//	                                       zset    rule i's period (PEXPIRE on each grant): the grant
+//	                                               log of rule i (N/period) for the credential whose
+//	                                               SHA-256 starts with h (16 hex digits); members
+//	                                               "<server µs>:<random token>", scored by the
+//	                                               server time in µs, trimmed to the period on every
+//	                                               call, so at most N members: MEMORY USAGE is
+//	                                               129 KB for the default 1000/3m log, 5 KB for
+//	                                               100/5s (a listpack up to 128 members)
 //	certmail:slots:{<provider>:<h>}        zset    the longest live lease: the in-flight cap's holders
 //	                                               (tokens) scored by lease expiry (ms, Redis's clock);
 //	                                               expired holders are dropped by every acquire
 //
-// Until this package, the limiter keys were rate:certmail:ratelimit:…
-// (redis_rate prepends "rate:"); keys of that form left by an older worker
-// hold at most one rule period of state and simply expire.
+// Before the sliding-window log the limiter kept GCRA state (redis_rate)
+// in strings named certmail:ratelimit:<provider>:<h>:<i>, and before that
+// rate:certmail:ratelimit:…; keys of either form left by an older worker
+// hold at most one rule period of state and simply expire. A worker of
+// that older version running beside a new one keeps its own budget: roll
+// the fleet, do not mix versions under a strict provider limit.
 //
 // Two of asynq's keys are read, never written, and built here too from
 // asynq's layout (internal/base/base.go in asynq v0.26.0):
@@ -54,14 +63,13 @@
 //
 // In a cluster every key a script or transaction touches must hash to one
 // slot. Today:
-//   - claimScript (done + inflight) is the only multi-key script on the hot
-//     path; both keys carry the task ID as hash tag {<id>}, so it stays in
-//     one slot.
+//   - claimScript (done + inflight) and reserveScript (every rule log of one
+//     credential) are the multi-key scripts on the hot path; claimScript's
+//     keys carry the task ID as hash tag {<id>}, reserveScript's
+//     {<provider>:<credential hash>}, so each stays in one slot.
 //   - acquireSlotScript touches one key, SlotsKey, hash-tagged with its
 //     provider and credential hash.
-//   - releaseScript, takeoverScript, repointScript and the limiter's script
-//     (redis_rate's own, the one script run here that certmail does not
-//     write) each touch one key.
+//   - releaseScript, takeoverScript and repointScript each touch one key.
 //   - RecordAttempt is a pipeline, not a transaction: its commands need no
 //     slot-mates (a cluster client splits it per node, at the cost of a
 //     round trip per node).

@@ -43,10 +43,11 @@ func DedupKey(hash string) string { return Prefix + "dedup:" + hash }
 // does not.
 func DedupFailedKey(hash string) string { return DedupKey(hash) + ":failed" }
 
-// RateLimitKey is the limiter state of rule i for one credential of a
-// provider; credHash is a hash of the credential, never the credential.
+// RateLimitKey is the grant log of rule i for one credential of a provider;
+// credHash is a hash of the credential, never the credential. Every rule
+// of a credential shares the hash tag {provider:credHash}.
 func RateLimitKey(provider, credHash string, rule int) string {
-	return Prefix + "ratelimit:" + provider + ":" + credHash + ":" + strconv.Itoa(rule)
+	return Prefix + "ratelimit:" + rateLimitTag(provider, credHash) + ":" + strconv.Itoa(rule)
 }
 
 // AsynqArchivedKey is asynq's archive of a queue, a sorted set of task IDs

@@ -22,7 +22,7 @@ func TestKeys(t *testing.T) {
 		{DeadIndexKey, "certmail:dead"},
 		{DeadClaimKey("x"), "certmail:deadclaim:x"},
 		{TombKey("x"), "certmail:tomb:x"},
-		{RateLimitKey("digicert", "0123456789abcdef", 1), "certmail:ratelimit:digicert:0123456789abcdef:1"},
+		{RateLimitKey("digicert", "0123456789abcdef", 1), "certmail:ratelimit:{digicert:0123456789abcdef}:1"},
 		{SlotsKey("opensrs", "0123456789abcdef"), "certmail:slots:{opensrs:0123456789abcdef}"},
 		{AsynqArchivedKey("opensrs"), "asynq:{opensrs}:archived"},
 		{AsynqTaskKey("opensrs", "x"), "asynq:{opensrs}:t:x"},

@@ -127,3 +127,46 @@ var takeoverScript = redis.NewScript(`if redis.call("GET", KEYS[1]) == ARGV[1] t
 // KEYS[1] DedupKey. ARGV[1] the value read, ARGV[2] the new value.
 // Returns 1 when moved, else 0.
 var repointScript = redis.NewScript(`if redis.call("GET", KEYS[1]) == ARGV[1] then redis.call("SET", KEYS[1], ARGV[2], "KEEPTTL") return 1 end return 0`)
+
+// reserveScript grants one request slot under every rate-limit rule of a
+// credential, or under none, so that a refusal by one rule never spends a
+// slot of another. Each rule N/period is a sliding-window log: a sorted set
+// of grant times (µs), trimmed to the window. A grant at now is made only
+// when every rule holds fewer than N grants in (now - period, now], so no
+// rolling window of a rule's length ever holds more than N (a GCRA with a
+// burst of N lets up to twice that through). Time is the Redis server's, so
+// worker clocks do not matter; numbers leave Lua through "%.0f" because a
+// Lua number turned into a string keeps only 14 digits, and a time in µs
+// has 16.
+//
+// KEYS[i] RateLimitKey of rule i (one hash tag). ARGV[1] a random token
+// that makes the member unique; ARGV[2i], ARGV[2i+1] rule i's N and period
+// in µs. Returns {0, 0, now} when granted, else {wait, index of the rule
+// that imposed it (0-based), now}: wait is the time until the grant that
+// blocks the strictest refusing rule leaves its window; times in µs, now
+// the server time of the decision.
+var reserveScript = redis.NewScript(`
+local t = redis.call("TIME")
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local wait, worst = 0, 0
+for i, key in ipairs(KEYS) do
+  local n = tonumber(ARGV[2 * i])
+  local per = tonumber(ARGV[2 * i + 1])
+  redis.call("ZREMRANGEBYSCORE", key, "-inf", string.format("%.0f", now - per))
+  local count = redis.call("ZCARD", key)
+  if count >= n then
+    local e = redis.call("ZRANGE", key, count - n, count - n, "WITHSCORES")
+    local w = tonumber(e[2]) + per - now
+    if w < 1 then w = 1 end
+    if w > wait then wait, worst = w, i - 1 end
+  end
+end
+local score = string.format("%.0f", now)
+if wait > 0 then return {wait, worst, score} end
+local member = score .. ":" .. ARGV[1]
+for i, key in ipairs(KEYS) do
+  redis.call("ZADD", key, score, member)
+  redis.call("PEXPIRE", key, math.ceil(tonumber(ARGV[2 * i + 1]) / 1000))
+end
+return {0, 0, score}
+`)

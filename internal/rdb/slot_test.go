@@ -45,6 +45,8 @@ func TestSlots(t *testing.T) {
 	}{
 		{"claimScript", []string{DoneKey(id), InflightKey(id)}, true},
 		{"acquireSlotScript", []string{SlotsKey("opensrs", "0123456789abcdef")}, true},
+		{"reserveScript", []string{RateLimitKey("digicert", "0123456789abcdef", 0), RateLimitKey("digicert", "0123456789abcdef", 1),
+			RateLimitKey("digicert", "0123456789abcdef", 2)}, true},
 		{"addDeadScript", []string{DeadKey(id), TombKey(id), DeadIndexKey, AttemptsKey(id), AsynqArchivedKey(queue)}, false},
 		{"claimDeadScript", []string{DeadKey(id), DeadClaimKey(id), TombKey(id),
 			AsynqTaskKey(queue, succ), AttemptsKey(succ), DoneKey(succ), DeadKey(succ), TombKey(succ)}, false},

@@ -132,6 +132,13 @@ func (h *hintBackOff) NextBackOff() time.Duration {
 
 func (h *hintBackOff) Reset() { h.exp.Reset(); h.hint = 0 }
 
+// fits reports whether a wait of d ends before ctx's deadline: a wait that
+// cannot goes back to the queue at once instead of ending in a timeout.
+func fits(ctx context.Context, d time.Duration) bool {
+	dl, ok := ctx.Deadline()
+	return !ok || time.Until(dl) > d
+}
+
 // call runs fn, retrying in-attempt only where that cannot duplicate an email.
 func (p InAttempt) call(ctx context.Context, fn func() (providers.Result, error)) (providers.Result, error) {
 	exp := backoff.NewExponentialBackOff()
@@ -151,7 +158,7 @@ func (p InAttempt) call(ctx context.Context, fn func() (providers.Result, error)
 		}
 		d := providers.Describe(err)
 		switch {
-		case d.Class == providers.RateLimited && d.RetryAfter > 0 && d.RetryAfter <= p.MaxRateLimitWait:
+		case d.Class == providers.RateLimited && d.RetryAfter > 0 && d.RetryAfter <= p.MaxRateLimitWait && fits(ctx, d.RetryAfter):
 			hb.hint = d.RetryAfter
 			return r, err
 		case d.Class == providers.RateLimited:
