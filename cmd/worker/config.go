@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"errors"
 	"flag"
 	"fmt"
@@ -14,6 +15,7 @@ import (
 	"github.com/certmail/certmail/internal/cli"
 	"github.com/certmail/certmail/internal/deadletter"
 	"github.com/certmail/certmail/internal/outcome"
+	"github.com/certmail/certmail/internal/providers"
 	"github.com/certmail/certmail/internal/providers/digicert"
 	"github.com/certmail/certmail/internal/providers/httpx"
 	"github.com/certmail/certmail/internal/providers/opensrs"
@@ -28,6 +30,8 @@ import (
 type config struct {
 	redisURL         string
 	concurrency      int
+	opensrsConc      int // 0: concurrency
+	digicertConc     int
 	opensrsUsername  string
 	opensrsKey       secret
 	opensrsURL       string
@@ -118,7 +122,7 @@ var settings = []setting{
 			}
 			return ""
 		}},
-	{env: "WORKER_CONCURRENCY", flag: "concurrency", def: "20", help: "tasks processed at once",
+	{env: "WORKER_CONCURRENCY", flag: "concurrency", def: "20", help: "tasks of each provider processed at once, unless set per provider",
 		field: func(c *config) any { return &c.concurrency },
 		check: func(c *config) string {
 			if c.concurrency < 1 {
@@ -126,6 +130,14 @@ var settings = []setting{
 			}
 			return ""
 		}},
+	{env: "OPENSRS_CONCURRENCY", flag: "opensrs-concurrency",
+		help:  "OpenSRS tasks processed at once, apart from DigiCert's (default WORKER_CONCURRENCY)",
+		field: func(c *config) any { return &c.opensrsConc },
+		check: func(c *config) string { return providerConcurrency(c.opensrsConc) }},
+	{env: "DIGICERT_CONCURRENCY", flag: "digicert-concurrency",
+		help:  "DigiCert tasks processed at once, apart from OpenSRS's (default WORKER_CONCURRENCY)",
+		field: func(c *config) any { return &c.digicertConc },
+		check: func(c *config) string { return providerConcurrency(c.digicertConc) }},
 	{env: "OPENSRS_USERNAME", flag: "opensrs-username", help: "OpenSRS reseller username",
 		field: func(c *config) any { return &c.opensrsUsername }},
 	{env: "OPENSRS_API_KEY", help: "OpenSRS API key, or a file holding it",
@@ -241,6 +253,29 @@ func rules(spec string, into *[]ratelimit.Rule) string {
 	return ""
 }
 
+// providerConcurrency checks OPENSRS_CONCURRENCY or DIGICERT_CONCURRENCY;
+// 0 (unset) stands for WORKER_CONCURRENCY.
+func providerConcurrency(n int) string {
+	if n < 0 {
+		return fmt.Sprintf("must be at least 1 (or unset: WORKER_CONCURRENCY), got %d", n)
+	}
+	return ""
+}
+
+// concurrencyOf is how many tasks of provider p the worker processes at
+// once. Each provider has its own share, so that tasks of one waiting for
+// its rate limit or in-flight cap never hold the other's.
+func (c *config) concurrencyOf(p providers.Name) int {
+	n := c.concurrency
+	switch p {
+	case providers.OpenSRS:
+		n = cmp.Or(c.opensrsConc, n)
+	case providers.DigiCert:
+		n = cmp.Or(c.digicertConc, n)
+	}
+	return n
+}
+
 func inFlightCap(n int) string {
 	if n < 0 {
 		return fmt.Sprintf("must be 0 (no cap) or more, got %d", n)
@@ -313,6 +348,9 @@ func (s setting) register(fs *flag.FlagSet, c *config, getenv func(string) strin
 }
 
 func mustInt(s string) int {
+	if s == "" { // no default: the zero value stands for another setting's
+		return 0
+	}
 	n, err := strconv.Atoi(s)
 	if err != nil {
 		panic(err)

@@ -82,6 +82,8 @@ func TestConfigErrors(t *testing.T) {
 		{"bad rate limit flag", []string{"--opensrs-rate-limit", "5/0s"}, map[string]string{"DIGICERT_API_KEY": "k"}, "OPENSRS_RATE_LIMIT"},
 		{"bad in-flight cap", nil, map[string]string{"DIGICERT_API_KEY": "k", "OPENSRS_MAX_IN_FLIGHT": "two"}, "OPENSRS_MAX_IN_FLIGHT"},
 		{"negative in-flight cap flag", []string{"--digicert-max-in-flight", "-1"}, map[string]string{"DIGICERT_API_KEY": "k"}, "DIGICERT_MAX_IN_FLIGHT (--digicert-max-in-flight)"},
+		{"bad provider concurrency", nil, map[string]string{"DIGICERT_API_KEY": "k", "OPENSRS_CONCURRENCY": "lots"}, "OPENSRS_CONCURRENCY"},
+		{"negative provider concurrency flag", []string{"--digicert-concurrency", "-2"}, map[string]string{"DIGICERT_API_KEY": "k"}, "DIGICERT_CONCURRENCY (--digicert-concurrency)"},
 		{"unknown flag", []string{"--nope"}, map[string]string{"DIGICERT_API_KEY": "k"}, "-nope"},
 		{"stray argument", []string{"extra"}, map[string]string{"DIGICERT_API_KEY": "k"}, "extra"},
 	}

@@ -10,7 +10,9 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -114,8 +116,11 @@ type worker struct {
 	queues   map[string]int
 	dl       *deadletter.Service
 	handler  *tasks.Handler
-	srv      *asynq.Server
-	running  atomic.Bool
+	// servers has one asynq server per queue, each with its provider's
+	// concurrency, so that tasks waiting on one provider's limits never
+	// hold the slots of the other's.
+	servers  []queueServer
+	running  atomic.Bool  // every server runs
 	httpLn   net.Listener // nil with HTTP_ADDR=off
 	httpSrv  *http.Server
 	httpAddr string
@@ -168,17 +173,24 @@ func newWorker(ctx context.Context, cfg *config, d deps) (_ *worker, err error) 
 		ProviderTimeout: cfg.providerTimeout, InAttempt: tasks.DefaultInAttempt}
 	policy := tasks.DefaultRetryPolicy
 	policy.Base, policy.Max, policy.RateLimitWait = cfg.retryBase, cfg.retryMax, cfg.rateLimitWait
-	w.srv = asynq.NewServerFromRedisClient(w.rdb, asynq.Config{
-		Concurrency:              cfg.concurrency,
-		Queues:                   w.queues,
-		RetryDelayFunc:           policy.RetryDelay,
-		IsFailure:                tasks.IsFailure,
-		ShutdownTimeout:          cfg.shutdownTimeout,
-		Logger:                   asynqLogger{w.log},
-		LogLevel:                 asynqLevel(cfg.logLevel),
-		TaskCheckInterval:        cfg.taskCheck,
-		DelayedTaskCheckInterval: cmp.Or(cfg.delayedTaskCheck, delayedTaskCheck),
-	})
+	for _, k := range tasks.Kinds() {
+		q := k.Queue()
+		if _, ok := w.queues[q]; !ok || slices.ContainsFunc(w.servers, func(s queueServer) bool { return s.queue == q }) {
+			continue
+		}
+		n := cfg.concurrencyOf(k.Provider)
+		w.servers = append(w.servers, queueServer{queue: q, concurrency: n, srv: asynq.NewServerFromRedisClient(w.rdb, asynq.Config{
+			Concurrency:              n,
+			Queues:                   map[string]int{q: 1},
+			RetryDelayFunc:           policy.RetryDelay,
+			IsFailure:                tasks.IsFailure,
+			ShutdownTimeout:          cfg.shutdownTimeout,
+			Logger:                   asynqLogger{w.log.With("queue", q)},
+			LogLevel:                 asynqLevel(cfg.logLevel),
+			TaskCheckInterval:        cfg.taskCheck,
+			DelayedTaskCheckInterval: cmp.Or(cfg.delayedTaskCheck, delayedTaskCheck),
+		})})
+	}
 
 	if cfg.httpAddr == "off" {
 		return w, nil
@@ -209,15 +221,20 @@ func (w *worker) start(ctx context.Context) error {
 			}
 		}()
 	}
-	if err := w.srv.Start(w.handler); err != nil {
-		return fmt.Errorf("start asynq server: %w", err)
+	concurrency := map[string]int{}
+	names := make([]string, 0, len(w.servers))
+	for i, s := range w.servers {
+		if err := s.srv.Start(w.handler); err != nil {
+			for _, started := range w.servers[:i] {
+				started.srv.Shutdown()
+			}
+			return fmt.Errorf("start asynq server of queue %s: %w", s.queue, err)
+		}
+		concurrency[s.queue] = s.concurrency
+		names = append(names, s.queue)
 	}
 	w.running.Store(true)
-	names := make([]string, 0, len(w.queues))
-	for q := range w.queues {
-		names = append(names, q)
-	}
-	w.log.Info("worker started", "queues", names, "concurrency", w.cfg.concurrency, "http_addr", w.httpAddr,
+	w.log.Info("worker started", "queues", names, "concurrency", concurrency, "http_addr", w.httpAddr,
 		"redis", redisconn.Redact(w.redisURL), "retry_base", w.cfg.retryBase.String(), "retry_max", w.cfg.retryMax.String())
 
 	w.reconcileDone = make(chan struct{})
@@ -239,7 +256,17 @@ func (w *worker) stop() {
 	w.stopReconcile()
 	<-w.reconcileDone
 	w.handler.Stopping()
-	w.srv.Shutdown() // requeues what did not finish within ShutdownTimeout
+	// Every server stops fetching first, then all shut down at once: one
+	// SHUTDOWN_TIMEOUT in all, not one per queue, and no queue keeps
+	// fetching while another drains.
+	for _, s := range w.servers {
+		s.srv.Stop()
+	}
+	var wg sync.WaitGroup
+	for _, s := range w.servers {
+		wg.Go(s.srv.Shutdown) // requeues what did not finish within ShutdownTimeout
+	}
+	wg.Wait()
 	// Shutdown returns without waiting for the handlers of the tasks it
 	// requeued; it has cancelled them, and they are recording their
 	// interrupted attempts (which releases their claims). Redis stays open
@@ -257,6 +284,13 @@ func (w *worker) stop() {
 	w.log.Info("worker stopped")
 }
 
+// queueServer is the asynq server of one queue.
+type queueServer struct {
+	queue       string
+	concurrency int
+	srv         *asynq.Server
+}
+
 // close releases what newWorker opened, last opened first.
 func (w *worker) close() {
 	for i := len(w.closers) - 1; i >= 0; i-- {
@@ -272,7 +306,7 @@ type clients struct {
 }
 
 // buildClients builds the client of each provider with credentials, each
-// with a connection pool as large as the worker's concurrency so that
+// with a connection pool as large as its provider's concurrency so that
 // concurrent calls reuse connections instead of opening new ones. It
 // needs no Redis, so loadConfig runs it too and a bad URL or key is reported
 // as a configuration error before anything is connected.
@@ -283,7 +317,7 @@ func buildClients(cfg *config, httpClients map[providers.Name]*http.Client) (cli
 			opensrs.WithBaseURL(cfg.opensrsURL),
 			opensrs.WithCredentials(cfg.opensrsUsername, cfg.opensrsKey.Reveal()),
 			opensrs.WithTimeout(cfg.providerTimeout),
-			opensrs.WithMaxConns(cfg.concurrency),
+			opensrs.WithMaxConns(cfg.concurrencyOf(providers.OpenSRS)),
 		}
 		if hc := httpClients[providers.OpenSRS]; hc != nil {
 			opts = append(opts, opensrs.WithHTTPClient(hc))
@@ -299,7 +333,7 @@ func buildClients(cfg *config, httpClients map[providers.Name]*http.Client) (cli
 			digicert.WithBaseURL(cfg.digicertURL),
 			digicert.WithAPIKey(cfg.digicertKey.Reveal()),
 			digicert.WithTimeout(cfg.providerTimeout),
-			digicert.WithMaxConns(cfg.concurrency),
+			digicert.WithMaxConns(cfg.concurrencyOf(providers.DigiCert)),
 		}
 		if hc := httpClients[providers.DigiCert]; hc != nil {
 			opts = append(opts, digicert.WithHTTPClient(hc))

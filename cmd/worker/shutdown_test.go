@@ -13,6 +13,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/certmail/certmail/internal/outcome"
+	"github.com/certmail/certmail/internal/providers/digicert/digicerttest"
 	"github.com/certmail/certmail/internal/providers/opensrs/opensrstest"
 	certrdb "github.com/certmail/certmail/internal/rdb"
 	"github.com/certmail/certmail/internal/redistest"
@@ -182,5 +183,48 @@ func TestShutdownWaitsForInterruptedAttempts(t *testing.T) {
 		require.Len(t, as, 1, "the interrupted attempt is recorded before Redis closes")
 		require.Equal(t, outcome.Retrying, as[0].Outcome)
 		require.Zero(t, rdb.Exists(t.Context(), certrdb.InflightKey(res.ID)).Val(), "the claim is released")
+	})
+}
+
+// TestShutdownCoversEveryQueueServer: with one asynq server per queue, a
+// shutdown while a call hangs on each provider puts both tasks back to
+// pending with their budget untouched, and both interrupted attempts are
+// recorded (their claims released) before Redis closes.
+func TestShutdownCoversEveryQueueServer(t *testing.T) {
+	t.Parallel()
+	redistest.Each(t, func(t *testing.T, b redistest.Backend) {
+		w := startWorkerHooks(t, b, &hooks{recorder: func(r tasks.Recorder) tasks.Recorder {
+			return slowRecorder{Recorder: r, delay: time.Second}
+		}}, "--shutdown-timeout", "1s")
+		w.demo.opensrs.SetBehavior("4344", opensrstest.Behavior{Hang: true})
+		w.demo.digicert.SetBehavior("4345", digicerttest.Behavior{Hang: true})
+		rdb := b.Client(t)
+		insp := asynq.NewInspectorFromRedisClient(rdb)
+		defer insp.Close()
+		enq := tasks.NewEnqueuer(rdb)
+		defer enq.Close()
+		opts := tasks.DefaultOptions()
+		opts.MaxRetry = 0
+		o, err := enq.Enqueue(t.Context(), tasks.NewOpenSRSPayload("4344", "", false), opts)
+		require.NoError(t, err)
+		d, err := enq.Enqueue(t.Context(), &tasks.DigiCertPayload{OrderID: "4345"}, opts)
+		require.NoError(t, err)
+		require.Eventually(t, func() bool { return w.demo.opensrs.Count("4344") == 1 && w.demo.digicert.Count("4345") == 1 },
+			20*time.Second, 10*time.Millisecond, "the tasks never reached the providers")
+
+		require.Equal(t, exitOK, w.stop(t))
+		require.NotContains(t, w.stderr.String(), "client is closed")
+		store := outcome.NewStore(rdb, 0)
+		for queue, id := range map[string]string{"opensrs": o.ID, "digicert": d.ID} {
+			info, err := insp.GetTaskInfo(queue, id)
+			require.NoError(t, err)
+			require.Equal(t, asynq.TaskStatePending, info.State, queue)
+			require.Equal(t, 0, info.Retried, queue)
+			as, err := store.Attempts(t.Context(), id)
+			require.NoError(t, err)
+			require.Len(t, as, 1, "%s: the interrupted attempt is recorded before Redis closes", queue)
+			require.Equal(t, outcome.Retrying, as[0].Outcome, queue)
+			require.Zero(t, rdb.Exists(t.Context(), certrdb.InflightKey(id)).Val(), "%s: the claim is released", queue)
+		}
 	})
 }
