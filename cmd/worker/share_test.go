@@ -20,7 +20,9 @@ import (
 // the worker's concurrency. 20 OpenSRS tasks (simulator latency 200 ms,
 // 4 at once) complete as fast behind a backlog of 200 DigiCert tasks waiting
 // on DIGICERT_RATE_LIMIT=1/1s as with no backlog at all (within 1.2x plus
-// 1 s of slack for a loaded machine), and no task waiting on the limiter
+// 3 s of slack: CI runs other packages beside it on 2 cores, and the old
+// single-server code took ~20 s behind the backlog against ~1 s alone, so
+// the slack costs the test nothing), and no task waiting on the limiter
 // has its retry count incremented. With one asynq server for both queues
 // the DigiCert tasks waiting for their slot held the shared concurrency and
 // the OpenSRS tasks queued behind them.
@@ -79,7 +81,7 @@ func TestDigiCertBacklogDoesNotDelayOpenSRS(t *testing.T) {
 	t.Logf("20 OpenSRS tasks: %s alone, %s behind a DigiCert backlog (%d of 200 sent so far)",
 		alone.Round(time.Millisecond), behind.Round(time.Millisecond), sent)
 	require.Less(t, sent, 150, "the backlog was still waiting on its limit during the burst")
-	const slack = time.Second
+	const slack = 3 * time.Second
 	require.LessOrEqual(t, behind, time.Duration(1.2*float64(alone))+slack,
 		"OpenSRS tasks are not delayed by DigiCert tasks waiting on their limit")
 
