@@ -22,6 +22,7 @@ import (
 	"github.com/certmail/certmail/internal/inflight"
 	"github.com/certmail/certmail/internal/metrics"
 	"github.com/certmail/certmail/internal/opsserver"
+	"github.com/certmail/certmail/internal/outage"
 	"github.com/certmail/certmail/internal/outcome"
 	"github.com/certmail/certmail/internal/providers"
 	"github.com/certmail/certmail/internal/providers/digicert"
@@ -150,13 +151,17 @@ func newWorker(ctx context.Context, cfg *config, d deps) (_ *worker, err error) 
 	inspector := asynq.NewInspectorFromRedisClient(w.rdb)
 	w.closers = append(w.closers, inspector.Close)
 	m := metrics.New(inspector, store, tasks.Queues)
-	slots := map[string]metrics.SlotGauge{}
+	slots, circuits := map[string]metrics.SlotGauge{}, map[string]metrics.CircuitGauge{}
 	for p, r := range resenders {
+		if o, ok := r.(*outage.Resender); ok {
+			circuits[string(p)], r = o, o.Unwrap()
+		}
 		if g, ok := r.(metrics.SlotGauge); ok {
 			slots[string(p)] = g
 		}
 	}
 	m.WatchSlots(slots)
+	m.WatchCircuits(circuits)
 	w.dl = deadletter.New(w.rdb, store)
 	w.closers = append(w.closers, w.dl.Close)
 

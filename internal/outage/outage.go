@@ -116,6 +116,9 @@ func Wrap(next providers.Resender, c redis.UniversalClient, cfg Config) provider
 // (for metrics; no Redis call).
 func (r *Resender) Open() bool { return r.open.Load() }
 
+// Unwrap returns the client behind the circuit.
+func (r *Resender) Unwrap() providers.Resender { return r.next }
+
 // Resend implements providers.Resender.
 func (r *Resender) Resend(ctx context.Context, req providers.Request) (providers.Result, error) {
 	token := newToken()

@@ -23,7 +23,7 @@ import (
 // detailed is a classified provider error.
 type detailed struct{ d providers.Detail }
 
-func (e *detailed) Error() string             { return e.d.Message }
+func (e *detailed) Error() string            { return e.d.Message }
 func (e *detailed) Detail() providers.Detail { return e.d }
 
 var (
