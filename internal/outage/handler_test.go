@@ -46,10 +46,15 @@ func TestOutageBurnsNoBudget(t *testing.T) {
 		return providers.Result{StatusCode: 204}, nil
 	})
 	const threshold = 3
+	// The worker honours rate-limit hints of up to 3 s in place, and its
+	// requeues after an open circuit are longer (up to the 20-s probe
+	// interval and more): scaled down with the interval, hints of 0.5 s.
+	inAttempt := tasks.DefaultInAttempt
+	inAttempt.MaxRateLimitWait = 500 * time.Millisecond
 	guarded := outage.Wrap(provider, c, outage.Config{Provider: providers.DigiCert, Credential: "k", Threshold: threshold,
 		Window: 10 * time.Second, ProbeInterval: time.Second, LastAttempt: outage.LastAttempt})
 	w := taskstest.Start(t, c, taskstest.Config{Resender: guarded, Concurrency: 4, RetryDelay: 200 * time.Millisecond,
-		ProviderTimeout: 10 * time.Second, InAttempt: tasks.DefaultInAttempt})
+		ProviderTimeout: 10 * time.Second, InAttempt: inAttempt})
 
 	enq := tasks.NewEnqueuer(c)
 	defer enq.Close()

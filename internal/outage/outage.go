@@ -26,7 +26,9 @@
 // returns, a rate limit included (docs/asynq.md §4). So a call on its
 // task's last attempt (Config.LastAttempt) that finds the circuit open
 // waits in place, trying again to be admitted (as the probe, or once the
-// circuit closed), until it is or the attempt's time runs short.
+// circuit closed), until it is or the attempt's time runs short; if it was
+// the probe and failed, or failed as the circuit opened, it waits for the
+// next probe the same way (the queue would have retried it too).
 //
 // Each transition (opened, probe started, probe failed, closed) is
 // performed by one script run in one worker, which logs it: one log line
@@ -121,19 +123,33 @@ func (r *Resender) Unwrap() providers.Resender { return r.next }
 
 // Resend implements providers.Resender.
 func (r *Resender) Resend(ctx context.Context, req providers.Request) (providers.Result, error) {
-	token := newToken()
-	adm, err := r.admit(ctx, token)
-	if err != nil {
-		return providers.Result{}, err
+	last := r.cfg.LastAttempt != nil && r.cfg.LastAttempt(ctx)
+	var giveUp time.Time
+	if last {
+		giveUp = lastAttemptGiveUp(ctx)
 	}
-	res, err := r.next.Resend(ctx, req)
-	return res, r.report(ctx, adm, token, err)
+	for {
+		token := newToken()
+		adm, err := r.admit(ctx, token, last, giveUp)
+		if err != nil {
+			return providers.Result{}, err
+		}
+		res, err := r.next.Resend(ctx, req)
+		err = r.report(ctx, adm, token, err)
+		// On the last attempt a failure the outage explains (this call was
+		// the probe, or went out just before the circuit opened) would
+		// archive the task: wait for the next probe instead, as the queue
+		// would have retried it.
+		var oe *Error
+		if !last || !errors.As(err, &oe) || oe.Err == nil || ctx.Err() != nil || !time.Now().Before(giveUp) {
+			return res, err
+		}
+	}
 }
 
 // admit asks Redis whether the call may go. Redis trouble lets it go: the
 // circuit protects the provider account, it must not stop the work.
-func (r *Resender) admit(ctx context.Context, token string) (admission, error) {
-	var giveUp time.Time
+func (r *Resender) admit(ctx context.Context, token string, last bool, giveUp time.Time) (admission, error) {
 	for {
 		a, err := r.rdb.OutageAdmit(ctx, string(r.cfg.Provider), r.credHash, token, r.cfg.ProbeInterval)
 		if err != nil {
@@ -147,11 +163,8 @@ func (r *Resender) admit(ctx context.Context, token string) (admission, error) {
 			return admission{OutageAdmission: a}, nil
 		}
 		refused := &Error{Provider: r.cfg.Provider, RetryAfter: r.requeue(a.Wait)}
-		if r.cfg.LastAttempt == nil || !r.cfg.LastAttempt(ctx) {
+		if !last {
 			return admission{}, refused
-		}
-		if giveUp.IsZero() {
-			giveUp = lastAttemptGiveUp(ctx)
 		}
 		// Poll often enough to catch a probe's success soon: the probe lease
 		// may be taken by another worker just before it closes the circuit.
