@@ -14,6 +14,7 @@ import (
 
 	"github.com/certmail/certmail/internal/cli"
 	"github.com/certmail/certmail/internal/deadletter"
+	"github.com/certmail/certmail/internal/outage"
 	"github.com/certmail/certmail/internal/outcome"
 	"github.com/certmail/certmail/internal/providers"
 	"github.com/certmail/certmail/internal/providers/digicert"
@@ -43,6 +44,10 @@ type config struct {
 	digicertRate     []ratelimit.Rule
 	opensrsInFlight  int // fleet-wide cap of calls in flight per credential; 0: none
 	digicertInFlight int
+	outageSpec       string // OUTAGE_THRESHOLD as given; parsed into outageThreshold
+	outageThreshold  int    // 0: outage handling off
+	outageWindow     time.Duration
+	outageProbe      time.Duration
 	providerTimeout  time.Duration
 	retryBase        time.Duration
 	retryMax         time.Duration
@@ -164,6 +169,28 @@ var settings = []setting{
 		help:  "the same for DigiCert, per API key; 0 disables",
 		field: func(c *config) any { return &c.digicertInFlight },
 		check: func(c *config) string { return inFlightCap(c.digicertInFlight) }},
+	{env: "OUTAGE_THRESHOLD", flag: "outage-threshold", def: strconv.Itoa(outage.DefaultThreshold),
+		help:  "transient provider failures (5xx, timeouts, connection failures) within OUTAGE_WINDOW, with no success between, that stop traffic to that provider across all workers; 0 or off disables",
+		field: func(c *config) any { return &c.outageSpec },
+		check: func(c *config) string {
+			if s := strings.TrimSpace(c.outageSpec); strings.EqualFold(s, "off") {
+				c.outageThreshold = 0
+				return ""
+			}
+			n, err := strconv.Atoi(strings.TrimSpace(c.outageSpec))
+			if err != nil || n < 0 {
+				return fmt.Sprintf("must be a whole number of failures, 0 or off, got %q", c.outageSpec)
+			}
+			c.outageThreshold = n
+			return ""
+		}},
+	{env: "OUTAGE_WINDOW", flag: "outage-window", def: durationDefault(outage.DefaultWindow), help: "how recent those failures must be",
+		field: func(c *config) any { return &c.outageWindow },
+		check: atLeast(time.Second, func(c *config) time.Duration { return c.outageWindow }, "")},
+	{env: "OUTAGE_PROBE_INTERVAL", flag: "outage-probe-interval", def: durationDefault(outage.DefaultProbeInterval),
+		help:  "while a provider is held back, one call across all workers goes through this often as a probe; its success resumes traffic",
+		field: func(c *config) any { return &c.outageProbe },
+		check: atLeast(time.Second, func(c *config) time.Duration { return c.outageProbe }, "")},
 	{env: "PROVIDER_TIMEOUT", flag: "provider-timeout", def: "90s", help: "limit of one provider call, all included",
 		field: func(c *config) any { return &c.providerTimeout },
 		check: atLeast(time.Second, func(c *config) time.Duration { return c.providerTimeout }, "")},

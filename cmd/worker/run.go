@@ -24,6 +24,7 @@ import (
 	"github.com/certmail/certmail/internal/inflight"
 	"github.com/certmail/certmail/internal/metrics"
 	"github.com/certmail/certmail/internal/opsserver"
+	"github.com/certmail/certmail/internal/outage"
 	"github.com/certmail/certmail/internal/outcome"
 	"github.com/certmail/certmail/internal/providers"
 	"github.com/certmail/certmail/internal/providers/digicert"
@@ -155,13 +156,17 @@ func newWorker(ctx context.Context, cfg *config, d deps) (_ *worker, err error) 
 	inspector := asynq.NewInspectorFromRedisClient(w.rdb)
 	w.closers = append(w.closers, inspector.Close)
 	m := metrics.New(inspector, store, tasks.Queues)
-	slots := map[string]metrics.SlotGauge{}
+	slots, circuits := map[string]metrics.SlotGauge{}, map[string]metrics.CircuitGauge{}
 	for p, r := range resenders {
+		if o, ok := r.(*outage.Resender); ok {
+			circuits[string(p)], r = o, o.Unwrap()
+		}
 		if g, ok := r.(metrics.SlotGauge); ok {
 			slots[string(p)] = g
 		}
 	}
 	m.WatchSlots(slots)
+	m.WatchCircuits(circuits)
 	w.dl = deadletter.New(w.rdb, store)
 	w.closers = append(w.closers, w.dl.Close)
 
@@ -363,7 +368,9 @@ func capInFlight(next providers.Resender, rdb redis.UniversalClient, cfg *config
 }
 
 // limitClients puts each client behind the rate limiter shared through
-// Redis, and that behind the in-flight cap (capInFlight).
+// Redis, that behind the in-flight cap (capInFlight), and that behind the
+// outage circuit (guardOutage), so a task for a provider that is down holds
+// no slot.
 func limitClients(cfg *config, c clients, rdb redis.UniversalClient, log *slog.Logger) map[providers.Name]providers.Resender {
 	// Waits for a limiter slot up to this long are taken in the attempt;
 	// longer ones send the task back to the queue, budget untouched.
@@ -371,12 +378,12 @@ func limitClients(cfg *config, c clients, rdb redis.UniversalClient, log *slog.L
 	out := map[providers.Name]providers.Resender{}
 	if c.opensrs != nil {
 		cred := cfg.opensrsUsername + "\x00" + cfg.opensrsKey.Reveal()
-		out[providers.OpenSRS] = capInFlight(ratelimit.Wrap(c.opensrs, rdb, providers.OpenSRS, cred, cfg.opensrsRate, maxWait), rdb, cfg, providers.OpenSRS, cred, cfg.opensrsInFlight)
+		out[providers.OpenSRS] = guardOutage(capInFlight(ratelimit.Wrap(c.opensrs, rdb, providers.OpenSRS, cred, cfg.opensrsRate, maxWait), rdb, cfg, providers.OpenSRS, cred, cfg.opensrsInFlight), rdb, cfg, providers.OpenSRS, cred, log)
 	} else {
 		log.Warn("OpenSRS not configured: queue opensrs is not consumed and its tasks wait (set OPENSRS_USERNAME and OPENSRS_API_KEY or OPENSRS_API_KEY_FILE)")
 	}
 	if c.digicert != nil {
-		out[providers.DigiCert] = capInFlight(ratelimit.Wrap(c.digicert, rdb, providers.DigiCert, cfg.digicertKey.Reveal(), cfg.digicertRate, maxWait), rdb, cfg, providers.DigiCert, cfg.digicertKey.Reveal(), cfg.digicertInFlight)
+		out[providers.DigiCert] = guardOutage(capInFlight(ratelimit.Wrap(c.digicert, rdb, providers.DigiCert, cfg.digicertKey.Reveal(), cfg.digicertRate, maxWait), rdb, cfg, providers.DigiCert, cfg.digicertKey.Reveal(), cfg.digicertInFlight), rdb, cfg, providers.DigiCert, cfg.digicertKey.Reveal(), log)
 	} else {
 		log.Warn("DigiCert not configured: queue digicert is not consumed and its tasks wait (set DIGICERT_API_KEY or DIGICERT_API_KEY_FILE)")
 	}

@@ -10,6 +10,7 @@
 //	certmail_dead_letters_errors_total               counter, scrapes that could not count them
 //	certmail_in_flight_slots{provider}               gauge, in-flight cap slots this worker holds (WatchSlots)
 //	certmail_in_flight_waiting{provider}             gauge, calls of this worker waiting for a slot
+//	certmail_provider_circuit_open{provider}         gauge, 1 while the provider's outage circuit is open (WatchCircuits)
 //	go_* and process_*                               Go runtime and process collectors
 //
 // Queue sizes come from asynq's Inspector.GetQueueInfo, a Lua script per

@@ -25,3 +25,27 @@ func (m *Metrics) WatchSlots(gauges map[string]SlotGauge) {
 		)
 	}
 }
+
+// CircuitGauge reads one provider's outage circuit as this worker last saw
+// it; *outage.Resender implements it.
+type CircuitGauge interface {
+	Open() bool
+}
+
+// WatchCircuits exports certmail_provider_circuit_open{provider}: 1 while
+// the provider's outage circuit is open (calls held back, one probe per
+// interval), 0 when closed, as this worker last saw it on a call (no Redis
+// call at scrape time). Only providers with outage handling have it.
+func (m *Metrics) WatchCircuits(gauges map[string]CircuitGauge) {
+	for provider, g := range gauges {
+		m.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "certmail_provider_circuit_open",
+			ConstLabels: prometheus.Labels{"provider": provider},
+			Help:        "1 while the provider's fleet-wide outage circuit is open (as this worker last saw it), else 0."},
+			func() float64 {
+				if g.Open() {
+					return 1
+				}
+				return 0
+			}))
+	}
+}

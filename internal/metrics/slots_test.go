@@ -33,3 +33,32 @@ func TestWatchSlots(t *testing.T) {
 	require.Equal(t, 1.0, got["certmail_in_flight_slots/opensrs"], "read at scrape time")
 	require.Equal(t, 7.0, got["certmail_in_flight_waiting/opensrs"])
 }
+
+type circuit bool
+
+func (c *circuit) Open() bool { return bool(*c) }
+
+// TestWatchCircuits: certmail_provider_circuit_open is 1 while the
+// provider's circuit is open, 0 once closed, read at scrape time.
+func TestWatchCircuits(t *testing.T) {
+	t.Parallel()
+	m := New(nil, nil, nil)
+	c := circuit(true)
+	m.WatchCircuits(map[string]CircuitGauge{"digicert": &c})
+	value := func() float64 {
+		families, err := m.Registry().Gather()
+		require.NoError(t, err)
+		for _, f := range families {
+			if f.GetName() == "certmail_provider_circuit_open" {
+				require.Len(t, f.GetMetric(), 1)
+				require.Equal(t, "digicert", f.GetMetric()[0].GetLabel()[0].GetValue())
+				return f.GetMetric()[0].GetGauge().GetValue()
+			}
+		}
+		t.Fatal("no certmail_provider_circuit_open")
+		return 0
+	}
+	require.Equal(t, 1.0, value())
+	c = false
+	require.Equal(t, 0.0, value())
+}

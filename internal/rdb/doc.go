@@ -46,6 +46,15 @@
 //	certmail:slots:{<provider>:<h>}        zset    the longest live lease: the in-flight cap's holders
 //	                                               (tokens) scored by lease expiry (ms, Redis's clock);
 //	                                               expired holders are dropped by every acquire
+//	certmail:outage:{<provider>:<h>}       hash    none while closed (the success that closes the
+//	                                               circuit deletes it); while open 1h or 10 probe
+//	                                               intervals, renewed by each failed probe: the
+//	                                               outage circuit, "open" (server ms when it
+//	                                               opened), "probe_until" (the probe lease, server
+//	                                               ms), "probe_token" (its holder)
+//	certmail:outage:{<provider>:<h>}:fails zset    OUTAGE_WINDOW: the transient failures since the
+//	                                               last success, scored by server ms; at most
+//	                                               OUTAGE_THRESHOLD members
 //
 // Before the sliding-window log the limiter kept GCRA state (redis_rate)
 // in strings named certmail:ratelimit:<provider>:<h>:<i>, and before that
@@ -69,6 +78,8 @@
 //     {<provider>:<credential hash>}, so each stays in one slot.
 //   - acquireSlotScript touches one key, SlotsKey, hash-tagged with its
 //     provider and credential hash.
+//   - outageAdmitScript and outageReportScript touch OutageKey and
+//     OutageFailsKey, which share the hash tag {<provider>:<credential hash>}.
 //   - releaseScript, takeoverScript and repointScript each touch one key.
 //   - RecordAttempt is a pipeline, not a transaction: its commands need no
 //     slot-mates (a cluster client splits it per node, at the cost of a

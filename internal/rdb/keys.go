@@ -67,3 +67,20 @@ func AsynqTaskKey(queue, id string) string { return "asynq:{" + queue + "}:t:" +
 func SlotsKey(provider, credHash string) string {
 	return Prefix + "slots:{" + provider + ":" + credHash + "}"
 }
+
+// OutageKey is the outage circuit of one credential of a provider: a hash
+// with "open" (server ms when it opened; absent while closed),
+// "probe_until" (server ms until which the current probe's lease runs) and
+// "probe_token" (the holder of that lease). credHash is CredentialHash of
+// the credential; provider and hash form the hash tag it shares with
+// OutageFailsKey.
+func OutageKey(provider, credHash string) string {
+	return Prefix + "outage:{" + provider + ":" + credHash + "}"
+}
+
+// OutageFailsKey is the log of recent transient failures of one credential
+// (a sorted set scored by server ms), trimmed to the window on each failure
+// and deleted by any success.
+func OutageFailsKey(provider, credHash string) string {
+	return OutageKey(provider, credHash) + ":fails"
+}

@@ -45,6 +45,7 @@ func TestSlots(t *testing.T) {
 	}{
 		{"claimScript", []string{DoneKey(id), InflightKey(id)}, true},
 		{"acquireSlotScript", []string{SlotsKey("opensrs", "0123456789abcdef")}, true},
+		{"outageScripts", []string{OutageKey("digicert", "0123456789abcdef"), OutageFailsKey("digicert", "0123456789abcdef")}, true},
 		{"reserveScript", []string{RateLimitKey("digicert", "0123456789abcdef", 0), RateLimitKey("digicert", "0123456789abcdef", 1),
 			RateLimitKey("digicert", "0123456789abcdef", 2)}, true},
 		{"addDeadScript", []string{DeadKey(id), TombKey(id), DeadIndexKey, AttemptsKey(id), AsynqArchivedKey(queue)}, false},
