@@ -21,7 +21,8 @@
 //	  → Redis: asynq queue opensrs | digicert
 //	  → cmd/worker newWorker + worker.start: asynq Server → Handler.ProcessTask
 //	  → Decode → Handler.claim → outcome.Store.Claim
-//	  → InAttempt.call → inflight.Resender.Resend → ratelimit.Resender.Resend
+//	  → InAttempt.call → outage.Resender.Resend → inflight.Resender.Resend
+//	  → ratelimit.Resender.Resend
 //	  → opensrs/digicert Client.Resend
 //	  → Handler.settle → decide (providers.Describe) → Handler.finish → outcome.Store.Record
 //	  → asynq: RetryPolicy.RetryDelay + IsFailure (retry) | SkipRetry (archive)
@@ -41,10 +42,11 @@
 // (asynq:{queue}:pending, or :scheduled when delayed; docs/asynq.md §11).
 //
 // Worker. cmd/worker's newWorker builds the provider clients, wraps each in
-// the fleet-wide in-flight cap and the shared rate limiter (limitClients →
-// inflight.Wrap around ratelimit.Wrap), and starts an
-// asynq Server (NewServerFromRedisClient with RetryPolicy.RetryDelay and
-// IsFailure) on the queues of the configured providers, with a [Handler].
+// the provider's outage circuit, the fleet-wide in-flight cap and the shared
+// rate limiter (limitClients → guardOutage around inflight.Wrap around
+// ratelimit.Wrap), and starts one asynq Server per configured provider's
+// queue (NewServerFromRedisClient with RetryPolicy.RetryDelay and
+// IsFailure, each with its own concurrency), all with one [Handler].
 //
 // Handle. asynq calls [Handler.ProcessTask], which:
 //
@@ -55,7 +57,10 @@
 //     this one back to wait for it (docs/asynq.md §2);
 //  3. calls the provider through InAttempt.call, which may retry in place
 //     only what was never sent and short rate-limit waits
-//     (docs/providers.md §2, §3). The call first takes a slot of the
+//     (docs/providers.md §2, §3). The call is held back while the
+//     provider's outage circuit is open (outage.Resender.Resend: back to
+//     the queue with code provider_outage, budget untouched, one probe per
+//     interval across the fleet), then takes a slot of the
 //     provider credential's in-flight cap (inflight.Resender.Resend: a
 //     short wait in place, then back to the queue with code in_flight_cap),
 //     then goes through the rate limiter
