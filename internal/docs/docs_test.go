@@ -26,7 +26,7 @@ var (
 	// optional "§N" or "#anchor"; "x/docs/y.md" is some other folder.
 	docsCite = regexp.MustCompile(`(?:^|[^/\w.-])docs/([A-Za-z0-9_-]+\.md)(?:\s*§\s*(\d+)|#([A-Za-z0-9_-]+))?`)
 	// relCite matches a page cited by bare name, as pages under docs/ cite
-	// each other (prose "asynq.md §4" or a link "(providers.md#1-classes)").
+	// each other (prose "PAGE.md §4" or a link "(PAGE.md#1-classes)").
 	relCite  = regexp.MustCompile(`(?:^|[^/\w.-])([a-z][a-z0-9_-]*\.md)(?:\s*§\s*(\d+)|#([A-Za-z0-9_-]+))?`)
 	heading  = regexp.MustCompile(`(?m)^(#{1,6}) +(.+?)\s*$`)
 	numbered = regexp.MustCompile(`^(\d+)\.\s`)
