@@ -157,6 +157,7 @@ func newWorker(ctx context.Context, cfg *config, d deps) (_ *worker, err error) 
 	w.closers = append(w.closers, inspector.Close)
 	m := metrics.New(inspector, store, tasks.Queues)
 	slots, circuits := map[string]metrics.SlotGauge{}, map[string]metrics.CircuitGauge{}
+	limiters := map[string]metrics.LimiterGauge{}
 	for p, r := range resenders {
 		if o, ok := r.(*outage.Resender); ok {
 			circuits[string(p)], r = o, o.Unwrap()
@@ -164,8 +165,19 @@ func newWorker(ctx context.Context, cfg *config, d deps) (_ *worker, err error) 
 		if g, ok := r.(metrics.SlotGauge); ok {
 			slots[string(p)] = g
 		}
+		for r != nil {
+			if g, ok := r.(metrics.LimiterGauge); ok {
+				limiters[string(p)] = g
+			}
+			u, ok := r.(interface{ Unwrap() providers.Resender })
+			if !ok {
+				break
+			}
+			r = u.Unwrap()
+		}
 	}
 	m.WatchSlots(slots)
+	m.WatchLimiters(limiters)
 	m.WatchCircuits(circuits)
 	w.dl = deadletter.New(w.rdb, store)
 	w.closers = append(w.closers, w.dl.Close)

@@ -112,6 +112,9 @@ func (r *Resender) InUse() int64 { return r.inUse.Load() }
 // Waiting is the number of calls of this process waiting for a slot.
 func (r *Resender) Waiting() int64 { return r.waiting.Load() }
 
+// Unwrap returns the wrapped Resender, so /metrics finds the limiter in it.
+func (r *Resender) Unwrap() providers.Resender { return r.next }
+
 // Wrap returns next behind the cap, shared by every worker using the same
 // credential through c. With Cap 0 it returns next.
 func Wrap(next providers.Resender, c redis.UniversalClient, cfg Config) providers.Resender {

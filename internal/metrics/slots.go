@@ -49,3 +49,31 @@ func (m *Metrics) WatchCircuits(gauges map[string]CircuitGauge) {
 			}))
 	}
 }
+
+// LimiterGauge reads one provider's rate limiter as this worker used it;
+// *ratelimit.Resender implements it.
+type LimiterGauge interface {
+	Waits() int64
+	Refusals() int64
+	WaitedSeconds() float64
+}
+
+// WatchLimiters exports, for each provider with a rate limit,
+// certmail_rate_limit_waits_total{provider} (waits for a slot taken in
+// place), certmail_rate_limit_refusals_total{provider} (calls sent back to
+// the queue for a slot, recorded as local_rate_limit) and
+// certmail_rate_limit_wait_seconds_total{provider} (time spent in those
+// waits), all of this worker, read from memory at scrape time.
+func (m *Metrics) WatchLimiters(gauges map[string]LimiterGauge) {
+	for provider, g := range gauges {
+		labels := prometheus.Labels{"provider": provider}
+		m.reg.MustRegister(
+			prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "certmail_rate_limit_waits_total", ConstLabels: labels,
+				Help: "Waits for a rate-limit slot taken in place by this worker."}, func() float64 { return float64(g.Waits()) }),
+			prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "certmail_rate_limit_refusals_total", ConstLabels: labels,
+				Help: "Calls this worker sent back to the queue to wait for a rate-limit slot (local_rate_limit)."}, func() float64 { return float64(g.Refusals()) }),
+			prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "certmail_rate_limit_wait_seconds_total", ConstLabels: labels,
+				Help: "Seconds this worker spent waiting in place for rate-limit slots."}, g.WaitedSeconds),
+		)
+	}
+}

@@ -62,3 +62,36 @@ func TestWatchCircuits(t *testing.T) {
 	c = false
 	require.Equal(t, 0.0, value())
 }
+
+type limiterGauge struct {
+	waits, refusals int64
+	waited          float64
+}
+
+func (g *limiterGauge) Waits() int64           { return g.waits }
+func (g *limiterGauge) Refusals() int64        { return g.refusals }
+func (g *limiterGauge) WaitedSeconds() float64 { return g.waited }
+
+// TestWatchLimiters: each rate-limited provider gets its waits, refusals
+// and wait-seconds counters, read at scrape time.
+func TestWatchLimiters(t *testing.T) {
+	t.Parallel()
+	m := New(nil, nil, nil)
+	g := &limiterGauge{}
+	m.WatchLimiters(map[string]LimiterGauge{"digicert": g})
+	g.waits, g.refusals, g.waited = 4, 3, 1.5
+	got := map[string]float64{}
+	families, err := m.Registry().Gather()
+	require.NoError(t, err)
+	for _, f := range families {
+		for _, s := range f.GetMetric() {
+			if s.GetCounter() == nil || len(s.GetLabel()) != 1 {
+				continue
+			}
+			got[f.GetName()+"/"+s.GetLabel()[0].GetValue()] = s.GetCounter().GetValue()
+		}
+	}
+	require.Equal(t, 4.0, got["certmail_rate_limit_waits_total/digicert"])
+	require.Equal(t, 3.0, got["certmail_rate_limit_refusals_total/digicert"])
+	require.Equal(t, 1.5, got["certmail_rate_limit_wait_seconds_total/digicert"])
+}

@@ -32,6 +32,7 @@ import (
 	"math/rand/v2"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -94,7 +95,20 @@ type Resender struct {
 	rules    []Rule
 	limits   []rdb.LimitRule
 	maxWait  time.Duration
+
+	// For /metrics, read at scrape time.
+	waits, refusals, waitedNS atomic.Int64
 }
+
+// Waits is the number of waits for a slot taken in place so far.
+func (r *Resender) Waits() int64 { return r.waits.Load() }
+
+// Refusals is the number of calls sent back to the queue to wait for a
+// slot (recorded as local_rate_limit) so far.
+func (r *Resender) Refusals() int64 { return r.refusals.Load() }
+
+// WaitedSeconds is the time spent waiting in place for slots so far.
+func (r *Resender) WaitedSeconds() float64 { return time.Duration(r.waitedNS.Load()).Seconds() }
 
 // Wrap returns next limited by rules, shared by every worker using the same
 // credential (identified by its hash). With no rules it returns next.
@@ -144,6 +158,7 @@ func (r *Resender) Resend(ctx context.Context, req providers.Request) (providers
 		sleep := res.Wait + rand.N(jitter)
 		limited := &Error{Provider: r.provider, Class: providers.RateLimited, Rule: rule, RetryAfter: res.Wait}
 		if waited+res.Wait > r.maxWait {
+			r.refusals.Add(1)
 			return providers.Result{}, limited
 		}
 		if dl, ok := ctx.Deadline(); ok {
@@ -152,18 +167,23 @@ func (r *Resender) Resend(ctx context.Context, req providers.Request) (providers
 				// The slot would come after the attempt's end: waiting for
 				// it would only turn a requeue into a timeout. (The same
 				// test as tasks.InAttempt's, so it does not wait either.)
+				r.refusals.Add(1)
 				return providers.Result{}, limited
 			}
 			sleep = min(sleep, left-time.Millisecond)
 		}
 		slot := time.Now().Add(res.Wait)
+		r.waits.Add(1)
+		start := time.Now()
 		t := time.NewTimer(sleep)
 		select {
 		case <-ctx.Done():
 			t.Stop()
+			r.waitedNS.Add(int64(time.Since(start)))
 			return providers.Result{}, r.stopped(ctx, time.Until(slot), rule)
 		case <-t.C:
 		}
+		r.waitedNS.Add(int64(time.Since(start)))
 		waited += sleep
 	}
 }
@@ -173,6 +193,7 @@ func (r *Resender) Resend(ctx context.Context, req providers.Request) (providers
 // what held it), a cancellation (shutdown, the dashboard) stays one.
 func (r *Resender) stopped(ctx context.Context, left time.Duration, rule Rule) error {
 	if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+		r.refusals.Add(1)
 		return &Error{Provider: r.provider, Class: providers.RateLimited, Rule: rule, RetryAfter: max(left, time.Millisecond)}
 	}
 	return &Error{Provider: r.provider, Class: providers.Transient, Rule: rule, Err: ctx.Err()}

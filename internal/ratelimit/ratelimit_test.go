@@ -142,6 +142,11 @@ func TestShortWaitIsTakenInPlace(t *testing.T) {
 		require.EqualValues(t, 8, next.n.Load())
 		// 5 at once, then 3 more when the first leave their 1-s window.
 		require.GreaterOrEqual(t, time.Since(start), 900*time.Millisecond)
+		// /metrics: at least the 3 late calls waited in place, none was sent back.
+		r := w.(*Resender)
+		require.GreaterOrEqual(t, r.Waits(), int64(3))
+		require.Zero(t, r.Refusals())
+		require.Positive(t, r.WaitedSeconds())
 	})
 }
 
@@ -182,6 +187,10 @@ func TestWaitPastDeadlineIsARequeue(t *testing.T) {
 		require.Greater(t, d.RetryAfter, time.Second)
 		require.LessOrEqual(t, d.RetryAfter, 2*time.Second+Guard(2*time.Second))
 		require.EqualValues(t, 1, next.n.Load())
+		// /metrics: one refusal, no wait in place.
+		r := w.(*Resender)
+		require.EqualValues(t, 1, r.Refusals())
+		require.Zero(t, r.Waits())
 	})
 }
 
