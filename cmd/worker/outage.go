@@ -13,5 +13,5 @@ import (
 // worker through Redis (OUTAGE_THRESHOLD 0 or off: next itself).
 func guardOutage(next providers.Resender, rdb redis.UniversalClient, cfg *config, p providers.Name, cred string, log *slog.Logger) providers.Resender {
 	return outage.Wrap(next, rdb, outage.Config{Provider: p, Credential: cred, Threshold: cfg.outageThreshold,
-		Window: cfg.outageWindow, ProbeInterval: cfg.outageProbe, LastAttempt: outage.LastAttempt, Logger: log})
+		Window: cfg.outageWindow, ProbeInterval: cfg.outageProbe, Logger: log})
 }

@@ -20,8 +20,9 @@
 // of this process is released, or after a short jittered poll (20–100 ms;
 // slots released by other processes are seen that way), never after the
 // earliest lease could expire. It waits up to MaxWait (DefaultMaxWait, 10 s
-// in the worker) and never past its
-// context's deadline; then it returns an *Error of class
+// in the worker; on a task's last attempt until providers.LastAttemptUntil,
+// as asynq would archive the task sent back) and never past its context's
+// deadline; then it returns an *Error of class
 // providers.RateLimited that never reached the provider, so the task goes
 // back to the queue without spending its retry budget, and its attempt is
 // recorded with provider code "in_flight_cap".
@@ -157,6 +158,10 @@ func (r *Resender) acquire(ctx context.Context, token string) error {
 		// The wait comes out of the call's time: leave it at least half,
 		// or a slot taken late would time out and be charged as a failure.
 		giveUp = minTime(giveUp, start.Add(dl.Sub(start)/2), dl.Add(-deadlineSlack))
+	}
+	if until, last := providers.LastAttemptUntil(ctx); last {
+		// Sent back, a task with no retry left would be archived.
+		giveUp = until
 	}
 	var timer *time.Timer
 	defer func() {

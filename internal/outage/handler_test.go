@@ -52,7 +52,7 @@ func TestOutageBurnsNoBudget(t *testing.T) {
 	inAttempt := tasks.DefaultInAttempt
 	inAttempt.MaxRateLimitWait = 500 * time.Millisecond
 	guarded := outage.Wrap(provider, c, outage.Config{Provider: providers.DigiCert, Credential: "k", Threshold: threshold,
-		Window: 10 * time.Second, ProbeInterval: time.Second, LastAttempt: outage.LastAttempt})
+		Window: 10 * time.Second, ProbeInterval: time.Second})
 	w := taskstest.Start(t, c, taskstest.Config{Resender: guarded, Concurrency: 4, RetryDelay: 200 * time.Millisecond,
 		ProviderTimeout: 10 * time.Second, InAttempt: inAttempt})
 

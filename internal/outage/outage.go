@@ -24,7 +24,7 @@
 //
 // The last attempt: asynq archives a task with no retry left whatever it
 // returns, a rate limit included (docs/asynq.md §4). So a call on its
-// task's last attempt (Config.LastAttempt) that finds the circuit open
+// task's last attempt (providers.WithLastAttempt) that finds the circuit open
 // waits in place, trying again to be admitted (as the probe, or once the
 // circuit closed), until it is or the attempt's time runs short; if it was
 // the probe and failed, or failed as the circuit opened, it waits for the
@@ -46,7 +46,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/hibiken/asynq"
 	"github.com/redis/go-redis/v9"
 
 	"github.com/certmail/certmail/internal/inflight"
@@ -81,10 +80,6 @@ type Config struct {
 	Window    time.Duration
 	// ProbeInterval is how often one call is let through while open.
 	ProbeInterval time.Duration
-	// LastAttempt reports whether the call's task has no retry left (nil:
-	// never). Such a call waits in place for the circuit instead of being
-	// sent back, which would archive its task.
-	LastAttempt func(context.Context) bool
 	// Logger receives the transitions this worker performs.
 	Logger *slog.Logger
 }
@@ -123,11 +118,7 @@ func (r *Resender) Unwrap() providers.Resender { return r.next }
 
 // Resend implements providers.Resender.
 func (r *Resender) Resend(ctx context.Context, req providers.Request) (providers.Result, error) {
-	last := r.cfg.LastAttempt != nil && r.cfg.LastAttempt(ctx)
-	var giveUp time.Time
-	if last {
-		giveUp = lastAttemptGiveUp(ctx)
-	}
+	giveUp, last := providers.LastAttemptUntil(ctx)
 	for {
 		token := newToken()
 		adm, err := r.admit(ctx, token, last, giveUp)
@@ -182,34 +173,11 @@ func (r *Resender) admit(ctx context.Context, token string, last bool, giveUp ti
 	}
 }
 
-// LastAttempt reports whether ctx is an asynq task's last attempt (its
-// retry count has reached its maximum): the worker's Config.LastAttempt.
-// Outside a task it reports false.
-func LastAttempt(ctx context.Context) bool {
-	n, ok1 := asynq.GetRetryCount(ctx)
-	limit, ok2 := asynq.GetMaxRetry(ctx)
-	return ok1 && ok2 && n >= limit
-}
-
 // Poll bounds of a last attempt's wait for the circuit.
 const (
 	pollMax    = time.Second
 	pollJitter = 50 * time.Millisecond
 )
-
-// callReserve is the time a last attempt keeps for its call after waiting.
-const callReserve = 10 * time.Second
-
-// lastAttemptGiveUp is when a last attempt stops waiting for the circuit:
-// early enough to leave the call min(half the time left, callReserve).
-func lastAttemptGiveUp(ctx context.Context) time.Time {
-	dl, ok := ctx.Deadline()
-	if !ok {
-		return time.Now().Add(callReserve)
-	}
-	left := time.Until(dl)
-	return dl.Add(-min(left/2, callReserve))
-}
 
 type admission struct {
 	rdb.OutageAdmission

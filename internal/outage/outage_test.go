@@ -216,22 +216,19 @@ func TestLastAttemptWaitsForTheProbe(t *testing.T) {
 		c := b.Client(t)
 		f := &fake{err: err503}
 		cfg := config(1, 500*time.Millisecond)
-		cfg.LastAttempt = func(ctx context.Context) bool { return ctx.Value(lastKey{}) != nil }
 		r := Wrap(f, c, cfg)
 		outageErr(t, call(t, r))
 		f.set(nil)
 		outageErr(t, call(t, r)) // not the last attempt: sent back
 
-		ctx, cancel := context.WithTimeout(context.WithValue(t.Context(), lastKey{}, true), 10*time.Second)
+		ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
 		defer cancel()
-		_, err := r.Resend(ctx, providers.Request{OrderID: "1"})
+		_, err := r.Resend(providers.WithLastAttempt(ctx), providers.Request{OrderID: "1"})
 		require.NoError(t, err, "waited for the probe and was it")
 		require.False(t, isOpen(t, c))
 		require.EqualValues(t, 2, f.calls.Load())
 	})
 }
-
-type lastKey struct{}
 
 // TestOffReturnsTheClient: Threshold 0 turns outage handling off.
 func TestOffReturnsTheClient(t *testing.T) {

@@ -1,6 +1,7 @@
 package providers
 
 import (
+	"context"
 	"errors"
 	"net/http"
 	"strconv"
@@ -47,4 +48,32 @@ func ParseRetryAfter(v string, now time.Time) (d time.Duration, ok bool) {
 	d = max(t.Sub(now), 0)
 	// HTTP dates have a one-second resolution.
 	return min(d.Round(time.Second), MaxRetryAfter), true
+}
+
+// CallReserve is the time a call keeps for itself when it waited in place
+// on a task's last attempt (see WithLastAttempt).
+const CallReserve = 10 * time.Second
+
+type lastAttemptKey struct{}
+
+// WithLastAttempt marks ctx as the call of a task's last attempt. asynq
+// archives a task whose last attempt returns any error, a rate limit
+// included (docs/asynq.md §4), so on such a call every local refusal — the
+// rate limiter's, the in-flight cap's, an open outage circuit's — waits in
+// place instead of sending the task back, until LastAttemptUntil: early
+// enough to leave the call min(half the time left, CallReserve) of ctx's
+// deadline (CallReserve from now without one).
+func WithLastAttempt(ctx context.Context) context.Context {
+	until := time.Now().Add(CallReserve)
+	if dl, ok := ctx.Deadline(); ok {
+		until = dl.Add(-min(time.Until(dl)/2, CallReserve))
+	}
+	return context.WithValue(ctx, lastAttemptKey{}, until)
+}
+
+// LastAttemptUntil reports whether ctx is a last attempt's call
+// (WithLastAttempt) and until when it may wait in place.
+func LastAttemptUntil(ctx context.Context) (time.Time, bool) {
+	until, ok := ctx.Value(lastAttemptKey{}).(time.Time)
+	return until, ok
 }

@@ -1,6 +1,7 @@
 package providers_test
 
 import (
+	"context"
 	"net/http"
 	"testing"
 	"time"
@@ -45,6 +46,40 @@ func TestParseRetryAfter(t *testing.T) {
 			got, ok := providers.ParseRetryAfter(tc.value, now)
 			require.Equal(t, tc.wantOK, ok)
 			require.Equal(t, tc.want, got)
+		})
+	}
+}
+
+func TestWithLastAttempt(t *testing.T) {
+	t.Parallel()
+	_, ok := providers.LastAttemptUntil(t.Context())
+	require.False(t, ok, "unmarked")
+
+	tests := []struct {
+		name    string
+		timeout time.Duration // 0: no deadline
+		reserve time.Duration // time left to the call after the waits
+	}{
+		{"LongDeadlineKeepsCallReserve", time.Minute, providers.CallReserve},
+		{"ShortDeadlineKeepsHalf", 6 * time.Second, 3 * time.Second},
+		{"NoDeadline", 0, 0},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			ctx := t.Context()
+			if tc.timeout > 0 {
+				var cancel context.CancelFunc
+				ctx, cancel = context.WithTimeout(ctx, tc.timeout)
+				defer cancel()
+			}
+			until, ok := providers.LastAttemptUntil(providers.WithLastAttempt(ctx))
+			require.True(t, ok)
+			if dl, has := ctx.Deadline(); has {
+				require.WithinDuration(t, dl.Add(-tc.reserve), until, 50*time.Millisecond)
+			} else {
+				require.WithinDuration(t, time.Now().Add(providers.CallReserve), until, 50*time.Millisecond)
+			}
 		})
 	}
 }

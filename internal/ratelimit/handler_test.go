@@ -71,3 +71,49 @@ func TestWaitingNeverSpendsTheBudget(t *testing.T) {
 	}
 	require.Positive(t, held, "some waits outlasted the deadline")
 }
+
+// TestLastAttemptWaitsForTheLimiter: tasks with no retry left (max_retry
+// 0) behind a limit of 1 per 3 s, three at once, with the limiter's own
+// in-place wait (1 s) shorter than the slots. asynq archives a task whose
+// last attempt returns any error, a rate limit included, so the refusals
+// are waited out inside the attempt: every task is sent once and succeeds,
+// none is dead-lettered. Before, the second and third ended dead as
+// retries_exhausted with local_rate_limit although nothing was sent.
+func TestLastAttemptWaitsForTheLimiter(t *testing.T) {
+	t.Parallel()
+	b := redistest.Real(t)
+	rdb := b.Client(t)
+	var sent atomic.Int64
+	provider := taskstest.ResendFunc(func(context.Context, providers.Request) (providers.Result, error) {
+		sent.Add(1)
+		return providers.Result{StatusCode: 204}, nil
+	})
+	limited := ratelimit.Wrap(provider, rdb, providers.DigiCert, "k", []ratelimit.Rule{{N: 1, Per: 3 * time.Second}}, time.Second)
+	w := taskstest.Start(t, rdb, taskstest.Config{Resender: limited, Concurrency: 3,
+		ProviderTimeout: 30 * time.Second, InAttempt: tasks.DefaultInAttempt})
+
+	enq := tasks.NewEnqueuer(rdb)
+	defer enq.Close()
+	opts := tasks.DefaultOptions()
+	opts.DedupWindow = 0
+	opts.MaxRetry = 0
+	const n = 3
+	ids := make([]string, n)
+	for i := range n {
+		res, err := enq.Enqueue(t.Context(), &tasks.DigiCertPayload{OrderID: strconv.Itoa(4_100_000 + i)}, opts)
+		require.NoError(t, err)
+		ids[i] = res.ID
+	}
+	w.WaitIdle(t)
+
+	require.EqualValues(t, n, sent.Load())
+	for _, id := range ids {
+		as, err := w.Store.Attempts(t.Context(), id)
+		require.NoError(t, err)
+		require.Len(t, as, 1, "task %s: %+v", id, as)
+		require.Equal(t, outcome.Succeeded, as[0].Outcome, "task %s: %+v", id, as[0])
+		_, dead, err := w.Store.DeadLetter(t.Context(), id)
+		require.NoError(t, err)
+		require.False(t, dead, "task %s was dead-lettered", id)
+	}
+}

@@ -137,8 +137,9 @@ const jitter = 5 * time.Millisecond
 //
 // It reserves a slot under every rule at once. When refused it sleeps the
 // exact wait Redis returned (plus a few ms of jitter) and asks again, as
-// long as the waits taken in this call stay within maxWait and end before
-// ctx's deadline; otherwise it returns a rate-limited *Error whose
+// long as the waits taken in this call stay within maxWait (on a task's
+// last attempt: end by providers.LastAttemptUntil, as asynq would archive
+// the task sent back) and end before ctx's deadline; otherwise it returns a rate-limited *Error whose
 // RetryAfter is that exact wait, so the task goes back to the queue for
 // just that long, budget untouched. It never polls faster than the waits.
 func (r *Resender) Resend(ctx context.Context, req providers.Request) (providers.Result, error) {
@@ -157,7 +158,14 @@ func (r *Resender) Resend(ctx context.Context, req providers.Request) (providers
 		rule := r.rules[min(max(res.Rule, 0), len(r.rules)-1)]
 		sleep := res.Wait + rand.N(jitter)
 		limited := &Error{Provider: r.provider, Class: providers.RateLimited, Rule: rule, RetryAfter: res.Wait}
-		if waited+res.Wait > r.maxWait {
+		if until, last := providers.LastAttemptUntil(ctx); last {
+			// Sent back, a task with no retry left would be archived:
+			// wait as long as the attempt allows instead.
+			if time.Now().Add(res.Wait).After(until) {
+				r.refusals.Add(1)
+				return providers.Result{}, limited
+			}
+		} else if waited+res.Wait > r.maxWait {
 			r.refusals.Add(1)
 			return providers.Result{}, limited
 		}

@@ -164,6 +164,9 @@ func (h *Handler) ProcessTask(ctx context.Context, t *asynq.Task) (err error) {
 
 	callCtx, cancel := h.callContext(ctx)
 	defer cancel()
+	if at.last() {
+		callCtx = providers.WithLastAttempt(callCtx)
+	}
 	state, doneAt, err := h.claim(callCtx, at.rec.TaskID, &at.rec, at.last())
 	if err != nil {
 		return h.settle(ctx, at, stepClaim, err, 0)

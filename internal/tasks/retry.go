@@ -114,24 +114,6 @@ type InAttempt struct {
 // DefaultInAttempt is the worker's in-attempt policy.
 var DefaultInAttempt = InAttempt{MaxRetries: 3, Backoff: 200 * time.Millisecond, MaxRateLimitWait: 3 * time.Second}
 
-// hintBackOff waits for the provider's hint after a rate limit and follows
-// the exponential schedule otherwise.
-type hintBackOff struct {
-	exp  *backoff.ExponentialBackOff
-	hint time.Duration
-}
-
-func (h *hintBackOff) NextBackOff() time.Duration {
-	if h.hint > 0 {
-		d := h.hint
-		h.hint = 0
-		return d
-	}
-	return h.exp.NextBackOff()
-}
-
-func (h *hintBackOff) Reset() { h.exp.Reset(); h.hint = 0 }
-
 // fits reports whether a wait of d ends before ctx's deadline: a wait that
 // cannot goes back to the queue at once instead of ending in a timeout.
 func fits(ctx context.Context, d time.Duration) bool {
@@ -139,42 +121,75 @@ func fits(ctx context.Context, d time.Duration) bool {
 	return !ok || time.Until(dl) > d
 }
 
-// call runs fn, retrying in-attempt only where that cannot duplicate an email.
+// retryInPlace decides whether an attempt's call that failed with err is
+// made again inside the attempt, after what wait, and whether that retry
+// counts against MaxRetries. retries counts the
+// in-attempt retries so far, waitUntil is zero except on the task's last
+// attempt (see call), exp is the schedule of not-sent retries.
+//
+//   - A short rate-limit hint (≤ MaxRateLimitWait) that ends before the
+//     deadline is waited out, within MaxRetries.
+//   - On the last attempt, any rate-limit hint that ends by waitUntil is
+//     waited out too, without counting against MaxRetries: the limiter, the
+//     in-flight cap and a provider's 429 all mean "not processed", and
+//     returning it would archive the task.
+//   - A request that provably never reached the provider is retried on exp,
+//     within MaxRetries.
+//   - Anything else may have sent an email: no retry.
+func (p InAttempt) retryInPlace(ctx context.Context, err error, retries uint64, waitUntil time.Time, exp backoff.BackOff) (wait time.Duration, again, counts bool) {
+	if ctx.Err() != nil {
+		return 0, false, false
+	}
+	d := providers.Describe(err)
+	switch {
+	case d.Class == providers.RateLimited && d.RetryAfter > 0 && !waitUntil.IsZero() && time.Now().Add(d.RetryAfter).Before(waitUntil):
+		return d.RetryAfter, true, false
+	case d.Class == providers.RateLimited:
+		// A long wait goes back to the queue, even for a request that was
+		// never sent (our own limiter): retrying sooner cannot help.
+		ok := retries < p.MaxRetries && d.RetryAfter > 0 && d.RetryAfter <= p.MaxRateLimitWait && fits(ctx, d.RetryAfter)
+		return d.RetryAfter, ok, true
+	case d.NotSent && retries < p.MaxRetries:
+		return exp.NextBackOff(), true, true
+	default:
+		return 0, false, false
+	}
+}
+
+// call runs fn, retrying in-attempt only where that cannot duplicate an
+// email (retryInPlace). On a task's last attempt (ctx marked with
+// providers.WithLastAttempt) rate-limit waits are taken in place up to
+// providers.LastAttemptUntil instead of being sent back: asynq archives a
+// task whose last attempt returns any error, a rate limit included
+// (docs/asynq.md §4). The local guards wait in place on their own then;
+// this covers a provider's 429 with a hint.
 func (p InAttempt) call(ctx context.Context, fn func() (providers.Result, error)) (providers.Result, error) {
 	exp := backoff.NewExponentialBackOff()
 	exp.InitialInterval = max(p.Backoff, time.Millisecond)
 	exp.MaxElapsedTime = 0
-	hb := &hintBackOff{exp: exp}
-	b := backoff.WithContext(backoff.WithMaxRetries(hb, p.MaxRetries), ctx)
-	var last error
-	res, err := backoff.RetryWithData(func() (providers.Result, error) {
-		r, err := fn()
+	exp.Reset()
+	waitUntil, _ := providers.LastAttemptUntil(ctx)
+	var retries uint64
+	for {
+		res, err := fn()
 		if err == nil {
-			return r, nil
+			return res, nil
 		}
-		last = err
-		if ctx.Err() != nil {
-			return r, backoff.Permanent(err)
+		wait, again, counts := p.retryInPlace(ctx, err, retries, waitUntil, exp)
+		if !again {
+			return res, err
 		}
-		d := providers.Describe(err)
-		switch {
-		case d.Class == providers.RateLimited && d.RetryAfter > 0 && d.RetryAfter <= p.MaxRateLimitWait && fits(ctx, d.RetryAfter):
-			hb.hint = d.RetryAfter
-			return r, err
-		case d.Class == providers.RateLimited:
-			// A long wait goes back to the queue, even for a request that was
-			// never sent (our own limiter): retrying sooner cannot help.
-			return r, backoff.Permanent(err)
-		case d.NotSent:
-			return r, err
-		default:
-			return r, backoff.Permanent(err)
+		if counts {
+			retries++
 		}
-	}, b)
-	if err != nil && last != nil && !errors.Is(err, last) {
-		// The context ended while waiting between calls: report the
-		// provider's last answer, which says more than "context canceled".
-		err = fmt.Errorf("%w (stopped retrying: %v)", last, err)
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			// Report the provider's last answer, which says more than
+			// "context canceled".
+			return res, fmt.Errorf("%w (stopped retrying: %v)", err, ctx.Err())
+		case <-t.C:
+		}
 	}
-	return res, err
 }

@@ -322,3 +322,45 @@ func TestInAttemptCallStopsOnCancel(t *testing.T) {
 		require.Error(t, err)
 	})
 }
+
+// TestInAttemptCallOnLastAttempt: on a task's last attempt a rate-limit
+// hint is waited out in place as long as it ends by LastAttemptUntil, past
+// MaxRateLimitWait and MaxRetries, because sending the task back would
+// archive it; a hint that ends later, or none, still ends the attempt.
+func TestInAttemptCallOnLastAttempt(t *testing.T) {
+	t.Parallel()
+	p := InAttempt{MaxRetries: 1, Backoff: time.Millisecond, MaxRateLimitWait: 10 * time.Millisecond}
+	tests := []struct {
+		name      string
+		errs      []error
+		wantCalls int
+		wantErr   bool
+	}{
+		{name: "hints past MaxRateLimitWait and MaxRetries", wantCalls: 4,
+			errs: []error{rateLimitedErr("local", 50*time.Millisecond), rateLimitedErr("local", 50*time.Millisecond), rateLimitedErr("429", 100*time.Millisecond)}},
+		{name: "hint past the wait budget", wantCalls: 1, wantErr: true,
+			errs: []error{rateLimitedErr("429", 30*time.Second)}},
+		{name: "no hint", wantCalls: 1, wantErr: true,
+			errs: []error{rateLimitedErr("429", 0)}},
+		{name: "maybe sent is never retried", wantCalls: 1, wantErr: true,
+			errs: []error{transientErr("read: connection reset")}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			// 20 s left: waits may last until 10 s before the deadline.
+			ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
+			defer cancel()
+			var calls int
+			_, err := p.call(providers.WithLastAttempt(ctx), func() (providers.Result, error) {
+				calls++
+				if calls <= len(tc.errs) {
+					return providers.Result{}, tc.errs[calls-1]
+				}
+				return providers.Result{StatusCode: 200}, nil
+			})
+			require.Equal(t, tc.wantCalls, calls)
+			require.Equal(t, tc.wantErr, err != nil, "err: %v", err)
+		})
+	}
+}
