@@ -118,7 +118,24 @@ sim="http://127.0.0.1:$CERTMAIL_OFFLINE_SIM_ADMIN_PORT"
 compose_up() {
   local p=$1 f=$2
   projects+=("$p")
-  compose_args="--project-directory $proj -f $proj/$f -f $proj/deploy/offline/docker-compose.offline.yml"
+  # docker-compose v1 refuses published ports on the host network and cannot
+  # drop a list in an override: run the merged configuration with those ports
+  # removed, once checked to be published on loopback only.
+  docker-compose -p "$p" --project-directory "$proj" -f "$proj/$f" -f "$proj/deploy/offline/docker-compose.offline.yml" \
+    config >"$tmp/$p.merged.yml" || fail "$p: docker-compose config failed"
+  python3 - "$tmp/$p.merged.yml" <<'PY' || fail "$p: the merged configuration is not loopback-only"
+import sys, yaml
+path = sys.argv[1]
+cfg = yaml.safe_load(open(path))
+for name, svc in cfg["services"].items():
+    assert svc.get("network_mode") == "host", f"{name}: not on the host network"
+    for port in svc.pop("ports", []):
+        ip = port.get("host_ip") if isinstance(port, dict) else str(port).split(":")[0]
+        assert ip == "127.0.0.1", f"{name}: port {port} is not published on 127.0.0.1 only"
+yaml.safe_dump(cfg, open(path, "w"), sort_keys=False)
+PY
+  cp "$tmp/$p.merged.yml" "$art/$p.merged.yml"
+  compose_args="--project-directory $proj -f $tmp/$p.merged.yml"
   docker-compose -p "$p" $compose_args up -d --no-build >"$art/$p-up.log" 2>&1 ||
     { cat "$art/$p-up.log"; fail "$p: docker-compose up failed"; }
   wait_healthy "$p" 180
@@ -194,7 +211,8 @@ single() {
 
   # The ops surface.
   curl -fsS "$http/readyz" >/dev/null || fail "/readyz is not 200"
-  curl -fsS "$http/metrics" | grep -q '^certmail_attempts_total{.*outcome="succeeded"' || fail "/metrics has no succeeded attempts"
+  curl -fsS "$http/metrics" >"$art/$p-metrics.txt" || fail "/metrics is not 200"
+  grep -q '^certmail_attempts_total{.*outcome="succeeded"' "$art/$p-metrics.txt" || fail "/metrics has no succeeded attempts"
   local code
   code=$(curl -s -o /dev/null -w '%{http_code}' "$http/dashboard/")
   [[ $code == 401 ]] || fail "dashboard without credentials answered $code, want 401"
