@@ -50,6 +50,7 @@ cleanup() {
   exit $rc
 }
 trap cleanup EXIT
+trap 'exit 143' TERM INT # timeout(1) from .ci/run: clean up all the same
 
 fail() {
   echo "COMPOSE FAIL: $*"
@@ -115,13 +116,13 @@ sim="http://127.0.0.1:$CERTMAIL_OFFLINE_SIM_ADMIN_PORT"
 # compose_up PROJECT FILE: up -d with the offline override, then wait until
 # every container of the project is healthy (or running, without a
 # healthcheck).
-compose_up() {
-  local p=$1 f=$2
+compose_up() { # compose_up PROJECT FILE OVERRIDE
+  local p=$1 f=$2 ov=$3
   projects+=("$p")
   # docker-compose v1 refuses published ports on the host network and cannot
   # drop a list in an override: run the merged configuration with those ports
   # removed, once checked to be published on loopback only.
-  docker-compose -p "$p" --project-directory "$proj" -f "$proj/$f" -f "$proj/deploy/offline/docker-compose.offline.yml" \
+  docker-compose -p "$p" --project-directory "$proj" -f "$proj/$f" -f "$proj/$ov" \
     config >"$tmp/$p.merged.yml" || fail "$p: docker-compose config failed"
   python3 - "$tmp/$p.merged.yml" <<'PY' || fail "$p: the merged configuration is not loopback-only"
 import sys, yaml
@@ -194,7 +195,7 @@ process_one() { # process_one PROVIDER ORDER: enqueue, see it completed and the 
 
 single() {
   local p=certmail-ci
-  compose_up "$p" docker-compose.yml
+  compose_up "$p" docker-compose.yml deploy/offline/docker-compose.offline.yml
   local rport=$CERTMAIL_OFFLINE_REDIS_PORT
   export REDIS_URL="redis://127.0.0.1:$rport/0"
 
@@ -247,9 +248,68 @@ assert s["state"] == "completed" and [a["outcome"] for a in s["attempts"]] == ["
   say "$p: down -v"
 }
 
+# The HA variant (docker-compose.ha.yml: a primary, a replica, three
+# Sentinels; the worker's REDIS_URL is redis-sentinel://h1:p1,h2:p2,h3:p3/DB?master=NAME).
+# Its host-network override names each Redis container's port in REDIS_PORT,
+# as docker-compose.offline.yml does, which is how the primary's container is
+# found from the Sentinels' answer.
+ha() {
+  local p=certmail-ci-ha ov=deploy/offline/docker-compose.ha.offline.yml
+  [[ -f $ov ]] || fail "docker-compose.ha.yml exists but $ov does not: write its host-network override (README, Deploy)"
+  compose_up "$p" docker-compose.ha.yml "$ov"
+  # The worker's Redis URL, its Sentinels and master name, and which service
+  # listens on which port, all from the merged configuration.
+  python3 - "$tmp/$p.merged.yml" >"$tmp/ha.env" <<'PY'
+import sys, yaml, urllib.parse
+cfg = yaml.safe_load(open(sys.argv[1]))["services"]
+url = next(s["environment"]["REDIS_URL"] for s in cfg.values() if str(s.get("environment", {}).get("REDIS_URL", "")).startswith("redis-sentinel://"))
+u = urllib.parse.urlsplit(url)
+hosts = u.netloc.rsplit("@", 1)[-1].split(",")
+master = urllib.parse.parse_qs(u.query)["master"][0]
+print(f"ha_url='{url}'")
+print(f"ha_master='{master}'")
+print("ha_sentinels='" + " ".join(h.rsplit(":", 1)[1] for h in hosts) + "'")
+for name, s in cfg.items():
+    port = s.get("environment", {}).get("REDIS_PORT")
+    if port:
+        print(f"ha_port_{port}='{name}'")
+PY
+  # shellcheck disable=SC1091
+  source "$tmp/ha.env"
+  export REDIS_URL=$ha_url
+  local sport=${ha_sentinels%% *}
+  primary_port() { redis-cli -p "$sport" sentinel get-master-addr-by-name "$ha_master" | tail -1; }
+  local old new svc
+  old=$(primary_port)
+  svc=$(eval echo "\${ha_port_$old:-}")
+  [[ -n "$svc" ]] || fail "HA: the Sentinels name port '$old' as primary, no service has REDIS_PORT=$old"
+  say "HA: primary is $svc (127.0.0.1:$old), Sentinels on ${ha_sentinels// /, }"
+  process_one opensrs 1001 >/dev/null
+  say "HA: a task processed through the Sentinels"
+
+  docker kill -s KILL "$(dc "$p" ps -q "$svc")" >/dev/null
+  say "HA: primary container $svc killed"
+  for _ in $(seq 120); do
+    new=$(primary_port 2>/dev/null || true)
+    [[ -n "$new" && "$new" != "$old" ]] && break
+    sleep 0.5
+  done
+  [[ -n "$new" && "$new" != "$old" ]] || fail "HA: the Sentinels did not promote a replica within 60 s"
+  say "HA: the Sentinels promoted $(eval echo "\${ha_port_$new:-127.0.0.1:$new}")"
+  process_one opensrs 1007 >/dev/null
+  say "HA: a task enqueued after the kill was processed by the same worker container"
+  curl -fsS "$http/readyz" >/dev/null || fail "HA: /readyz is not 200 after the failover"
+
+  dc "$p" down -v --timeout 30 >>"$art/$p-up.log" 2>&1 || fail "$p: down -v failed"
+  local keep=() q
+  for q in "${projects[@]}"; do [[ $q == "$p" ]] || keep+=("$q"); done
+  projects=("${keep[@]}")
+  say "$p: down -v"
+}
+
 single
 if [[ -f docker-compose.ha.yml ]]; then
-  echo "HA: docker-compose.ha.yml not handled yet"
+  ha
 else
   echo "HA: skipped, the repository has no docker-compose.ha.yml"
 fi
