@@ -240,6 +240,7 @@ assert s["state"] == "completed" and [a["outcome"] for a in s["attempts"]] == ["
   process_one opensrs 1005 >/dev/null
   say "worker reconnected: a task enqueued after the Redis restart completed"
 
+  dc "$p" logs --no-color >"$art/$p.log" 2>&1 || true
   dc "$p" down -v --timeout 30 >>"$art/$p-up.log" 2>&1 || fail "$p: down -v failed"
   [[ -z $(docker volume ls -q --filter "label=com.docker.compose.project=$p") ]] || fail "$p: volumes left after down -v"
   local keep=() q
@@ -300,6 +301,7 @@ PY
   say "HA: a task enqueued after the kill was processed by the same worker container"
   curl -fsS "$http/readyz" >/dev/null || fail "HA: /readyz is not 200 after the failover"
 
+  dc "$p" logs --no-color >"$art/$p.log" 2>&1 || true
   dc "$p" down -v --timeout 30 >>"$art/$p-up.log" 2>&1 || fail "$p: down -v failed"
   local keep=() q
   for q in "${projects[@]}"; do [[ $q == "$p" ]] || keep+=("$q"); done
