@@ -69,7 +69,7 @@ start_dockerd() {
     -H "$DOCKER_HOST" --bridge=none --iptables=false --ip-masq=false --storage-driver "$1" \
     >>"$art/dockerd.log" 2>&1 &
   dpid=$!
-  for _ in $(seq 60); do
+  for _ in $(seq 180); do # 90 s: dockerd took 25 s to answer on a loaded machine
     docker info >/dev/null 2>&1 && return 0
     kill -0 "$dpid" 2>/dev/null || break
     sleep 0.5
