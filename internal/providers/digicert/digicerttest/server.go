@@ -22,6 +22,7 @@ import (
 	"io"
 	"log"
 	"mime"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -123,6 +124,16 @@ func NewTLSServer(apiKey string) *Server {
 	// handshake errors out of test logs.
 	s.srv.Config.ErrorLog = log.New(io.Discard, "", 0)
 	s.srv.StartTLS()
+	return s
+}
+
+// NewServerOn serves plain HTTP on l, a listener the caller opened (the
+// standalone simulator of cmd/simulators listens on a fixed loopback port);
+// Close closes l.
+func NewServerOn(l net.Listener, apiKey string) *Server {
+	s := newServer(apiKey)
+	s.srv = &httptest.Server{Listener: l, Config: &http.Server{Handler: http.HandlerFunc(s.serve), ReadHeaderTimeout: 10 * time.Second}}
+	s.srv.Start()
 	return s
 }
 

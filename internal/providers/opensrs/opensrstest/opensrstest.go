@@ -17,6 +17,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"strconv"
@@ -144,6 +145,16 @@ func NewServer(username, apiKey string) *Server {
 func NewTLSServer(username, apiKey string) *Server {
 	s := newServer(username, apiKey)
 	s.srv = httptest.NewTLSServer(http.HandlerFunc(s.handle))
+	return s
+}
+
+// NewServerOn serves plain HTTP on l, a listener the caller opened (the
+// standalone simulator of cmd/simulators listens on a fixed loopback port);
+// Close closes l.
+func NewServerOn(l net.Listener, username, apiKey string) *Server {
+	s := newServer(username, apiKey)
+	s.srv = &httptest.Server{Listener: l, Config: &http.Server{Handler: http.HandlerFunc(s.handle), ReadHeaderTimeout: 10 * time.Second}}
+	s.srv.Start()
 	return s
 }
 
