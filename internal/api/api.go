@@ -254,8 +254,8 @@ func (s *Server) auth(next func(http.ResponseWriter, *http.Request, string)) htt
 	return func(w http.ResponseWriter, r *http.Request) {
 		name := ""
 		if s.cfg.Tokens != nil {
-			scheme, tok, ok := strings.Cut(r.Header.Get("Authorization"), " ")
-			if ok && strings.EqualFold(scheme, "Bearer") {
+			ok := false
+			if scheme, tok, found := strings.Cut(r.Header.Get("Authorization"), " "); found && strings.EqualFold(scheme, "Bearer") {
 				name, ok = s.cfg.Tokens.Lookup(strings.TrimSpace(tok))
 			}
 			if !ok {
