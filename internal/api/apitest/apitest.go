@@ -101,7 +101,7 @@ func Check(t testing.TB, ex Exchange, requestValid bool) {
 		t.Errorf("%s %s: request meant invalid passes api/openapi.yaml: %s", ex.Method, u.Path, short(string(ex.Body)))
 	}
 	out := &openapi3filter.ResponseValidationInput{RequestValidationInput: in, Status: ex.Status, Header: ex.RespHeader,
-		Body: io.NopCloser(bytes.NewReader(ex.RespBody)),
+		Body:    io.NopCloser(bytes.NewReader(ex.RespBody)),
 		Options: &openapi3filter.Options{IncludeResponseStatus: true, MultiError: true}}
 	if err := openapi3filter.ValidateResponse(context.Background(), out); err != nil {
 		t.Errorf("%s %s: response %d does not match api/openapi.yaml: %s\nbody: %s", ex.Method, u.Path, ex.Status, short(err.Error()), short(string(ex.RespBody)))
