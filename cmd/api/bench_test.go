@@ -3,16 +3,22 @@ package main
 import (
 	"bytes"
 	"fmt"
+	"net"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"strings"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/certmail/certmail/internal/api"
 	"github.com/certmail/certmail/internal/redistest"
 	"github.com/certmail/certmail/internal/tasks"
+	"github.com/certmail/certmail/internal/testbin"
 )
 
 // benchBatchSize is the items of one batch in BenchmarkBatch.
@@ -138,4 +144,85 @@ func BenchmarkSingle(b *testing.B) {
 			b.Logf("POST /v1/resends at concurrency 32 (%s): %.0f requests/s over %d requests", name, rate, b.N)
 		})
 	}
+}
+
+// BenchmarkBatchBinaries is BenchmarkBatch between the built binaries: the
+// `enqueue batch FILE` process against POST /v1/resends:batch to a running
+// `api` process, on the same real redis-server, batches of
+// benchBatchSize distinct items.
+//
+//	go test -run '^$' -bench BenchmarkBatchBinaries -benchtime 5x ./cmd/api
+func BenchmarkBatchBinaries(b *testing.B) {
+	be := redistest.Real(b)
+	enqueueBin := testbin.Build(b, "cmd/enqueue")
+	apiBin := testbin.Build(b, "cmd/api")
+	dir := b.TempDir()
+	tok := strings.Repeat("c", 40)
+	tokens := writeTokens(b, "bench:"+tok+"\n")
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	addr := l.Addr().String()
+	l.Close()
+	apiCmd := exec.Command(apiBin)
+	apiCmd.Env = append(os.Environ(), "REDIS_URL="+be.URL, "API_TOKENS_FILE="+tokens, "API_ADDR="+addr, "API_RATE_LIMIT=off")
+	if err := apiCmd.Start(); err != nil {
+		b.Fatal(err)
+	}
+	defer func() { _ = apiCmd.Process.Signal(syscall.SIGTERM); _ = apiCmd.Wait() }()
+	client := &http.Client{Timeout: time.Minute}
+	for deadline := time.Now().Add(20 * time.Second); ; {
+		resp, err := client.Get("http://" + addr + "/readyz")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				break
+			}
+		}
+		if time.Now().After(deadline) {
+			b.Fatal("api never ready")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+
+	var cliDur, apiDur time.Duration
+	b.ResetTimer()
+	for i := range b.N {
+		file := filepath.Join(dir, fmt.Sprintf("batch-%d.jsonl", i))
+		if err := os.WriteFile(file, benchLines(benchBatchSize), 0o600); err != nil {
+			b.Fatal(err)
+		}
+		start := time.Now()
+		out, err := exec.Command(enqueueBin, "batch", file, "--redis-url", be.URL).CombinedOutput()
+		cliDur += time.Since(start)
+		if err != nil {
+			b.Fatalf("enqueue batch: %v: %.300s", err, out)
+		}
+
+		in := benchLines(benchBatchSize)
+		start = time.Now()
+		req, _ := http.NewRequest("POST", "http://"+addr+"/v1/resends:batch", bytes.NewReader(in))
+		req.Header.Set("Authorization", "Bearer "+tok)
+		req.Header.Set("Content-Type", "application/x-ndjson")
+		resp, err := client.Do(req)
+		if err != nil {
+			b.Fatal(err)
+		}
+		var body bytes.Buffer
+		_, _ = body.ReadFrom(resp.Body)
+		resp.Body.Close()
+		apiDur += time.Since(start)
+		if resp.StatusCode != http.StatusOK || !strings.Contains(body.String(), fmt.Sprintf(`"enqueued":%d`, benchBatchSize)) {
+			b.Fatalf("api batch: %d %.200s", resp.StatusCode, body.String())
+		}
+	}
+	b.StopTimer()
+	n := float64(b.N * benchBatchSize)
+	cliRate, apiRate := n/cliDur.Seconds(), n/apiDur.Seconds()
+	b.ReportMetric(cliRate, "enqueue-batch-tasks/s")
+	b.ReportMetric(apiRate, "api-batch-tasks/s")
+	b.ReportMetric(apiRate/cliRate, "api/enqueue-ratio")
+	b.Logf("binaries, batches of %d: enqueue batch %.0f tasks/s, POST /v1/resends:batch %.0f tasks/s, ratio %.2f (target >= 0.8)",
+		benchBatchSize, cliRate, apiRate, apiRate/cliRate)
 }
