@@ -300,6 +300,10 @@ type response struct {
 	Status int    `json:"status"`
 	CType  string `json:"ctype"`
 	Body   []byte `json:"body"`
+	// transient marks an answer not to store for its Idempotency-Key: a
+	// 5xx, or a batch with an item Redis failed. A retry runs again (the
+	// dedup window keeps items already enqueued from becoming new tasks).
+	transient bool
 }
 
 func jsonResponse(status int, v any) response {
@@ -366,7 +370,11 @@ func (s *Server) postResend(w http.ResponseWriter, r *http.Request, producer str
 	if !ok {
 		return
 	}
-	s.idempotent(w, r, producer, body, func() response { return s.enqueueOne(r.Context(), producer, body) })
+	s.idempotent(w, r, producer, body, func() response {
+		ctx, cancel := workContext(r)
+		defer cancel()
+		return s.enqueueOne(ctx, producer, body)
+	})
 }
 
 func (s *Server) enqueueOne(ctx context.Context, producer string, body []byte) response {
@@ -514,7 +522,22 @@ func (s *Server) postBatch(w http.ResponseWriter, r *http.Request, producer stri
 	if !ok {
 		return
 	}
-	s.idempotent(w, r, producer, body, func() response { return s.enqueueBatch(r.Context(), producer, mt, body) })
+	s.idempotent(w, r, producer, body, func() response {
+		ctx, cancel := workContext(r)
+		defer cancel()
+		return s.enqueueBatch(ctx, producer, mt, body)
+	})
+}
+
+// workLimit bounds the enqueue work of one request.
+const workLimit = 5 * time.Minute
+
+// workContext is the context of a request's enqueue work: it goes on when
+// the client hangs up, so that a request is done whole or not begun (a
+// batch is never cut halfway by a dropped connection, and the answer an
+// Idempotency-Key stores is the whole one).
+func workContext(r *http.Request) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.WithoutCancel(r.Context()), workLimit)
 }
 
 func (s *Server) enqueueBatch(ctx context.Context, producer, mt string, body []byte) response {
@@ -606,7 +629,11 @@ func (s *Server) enqueueBatch(ctx context.Context, producer, mt string, body []b
 	if err != nil {
 		return problemResponse(newProblem(http.StatusServiceUnavailable, "", err.Error()))
 	}
-	return jsonResponse(http.StatusOK, out)
+	resp := jsonResponse(http.StatusOK, out)
+	for _, r := range out.Results {
+		resp.transient = resp.transient || r.Status >= 500
+	}
+	return resp
 }
 
 // isRequestError tells an item's own fault (validation) from Redis's.
@@ -690,7 +717,7 @@ func (s *Server) idempotent(w http.ResponseWriter, r *http.Request, producer str
 			resp := run()
 			bg, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 			defer cancel()
-			if resp.Status < 500 {
+			if resp.Status < 500 && !resp.transient {
 				final, _ := json.Marshal(idemRecord{FP: fp, Resp: &resp})
 				_, _ = s.rdb.FinishIdempotency(bg, scope, pending, final, IdempotencyTTL)
 			} else {
