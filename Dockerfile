@@ -1,6 +1,7 @@
 # syntax=docker/dockerfile:1
 
-# certmail: the worker (default entrypoint) plus the enqueue and dlq tools.
+# certmail: the worker (default entrypoint) plus the enqueue and dlq tools
+# and the HTTP enqueue API (--entrypoint /usr/local/bin/api).
 #
 #   docker build -t certmail .
 #   docker run --rm certmail --help
@@ -16,13 +17,13 @@ COPY . .
 RUN --mount=type=cache,target=/go/pkg/mod \
     --mount=type=cache,target=/root/.cache/go-build \
     CGO_ENABLED=0 GOOS=linux go build -trimpath -ldflags="-s -w" \
-        -o /out/ ./cmd/worker ./cmd/enqueue ./cmd/dlq
+        -o /out/ ./cmd/worker ./cmd/enqueue ./cmd/dlq ./cmd/api
 
 # Static binaries on distroless: no shell, no package manager, CA
 # certificates and tzdata included (the providers are HTTPS APIs), user
 # nonroot (65532).
 FROM gcr.io/distroless/static-debian12:nonroot
-COPY --from=build /out/worker /out/enqueue /out/dlq /usr/local/bin/
+COPY --from=build /out/worker /out/enqueue /out/dlq /out/api /usr/local/bin/
 USER nonroot:nonroot
 # The ops HTTP surface (/healthz, /readyz, /metrics, /dashboard/) must listen
 # on all interfaces inside the container; publish it on loopback only.

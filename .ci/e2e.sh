@@ -6,14 +6,15 @@ cd "$(dirname "$0")/.."
 tmp=$(mktemp -d)
 bin="$tmp/bin"
 mkdir -p "$bin"
-go build -o "$bin/" ./cmd/worker ./cmd/enqueue ./cmd/dlq
+go build -o "$bin/" ./cmd/worker ./cmd/enqueue ./cmd/dlq ./cmd/api
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])' 2>/dev/null || echo $((20000 + RANDOM % 20000)); }
 rport=$(free_port); hport=$(free_port)
 redis-server --port "$rport" --bind 127.0.0.1 --save "" --appendonly no --dir "$tmp" >"$tmp/redis.log" 2>&1 &
 rpid=$!
 wpid=""
-cleanup() { [[ -n "$wpid" ]] && kill "$wpid" 2>/dev/null; kill "$rpid" 2>/dev/null; wait 2>/dev/null; rm -rf "$tmp"; }
+apid=""
+cleanup() { [[ -n "$wpid" ]] && kill "$wpid" 2>/dev/null; [[ -n "$apid" ]] && kill "$apid" 2>/dev/null; kill "$rpid" 2>/dev/null; wait 2>/dev/null; rm -rf "$tmp"; }
 trap cleanup EXIT
 export REDIS_URL="redis://127.0.0.1:$rport/0"
 for _ in $(seq 50); do redis-cli -p "$rport" ping >/dev/null 2>&1 && break; sleep 0.1; done
@@ -135,6 +136,26 @@ PY
 expect_code 0 "$bin/dlq" replay "$crash_id"
 read -r old new <"$tmp/out"
 [[ "$old" == "$crash_id" && -n "$new" ]] || fail "crash replay printed '$(cat "$tmp/out")'"
+
+check "HTTP API: refuses to start without tokens (exit 2), then a curl POST is processed and names its producer"
+expect_code 2 "$bin/api"; one_line_err
+aport=$(free_port)
+api_token=$(python3 -c 'import secrets; print(secrets.token_hex(24))')
+printf 'e2e-portal:%s\n' "$api_token" >"$tmp/api-tokens"
+API_TOKENS_FILE="$tmp/api-tokens" API_ADDR="127.0.0.1:$aport" "$bin/api" >>"$tmp/api.log" 2>&1 &
+apid=$!
+for _ in $(seq 100); do curl -fsS "http://127.0.0.1:$aport/readyz" >/dev/null 2>&1 && break; sleep 0.1; done
+code=$(curl -sS -o "$tmp/out" -w '%{http_code}' -H "Authorization: Bearer $api_token" -H 'Content-Type: application/json' \
+  -d '{"provider":"digicert","order_id":"2077","reference":"e2e-api"}' "http://127.0.0.1:$aport/v1/resends")
+[[ "$code" == 202 ]] || fail "POST /v1/resends answered $code: $(cat "$tmp/out")"
+api_id=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["id"])' "$tmp/out")
+wait_state "$api_id" completed
+expect_code 0 "$bin/enqueue" status "$api_id" --json
+python3 -c 'import json,sys; assert json.load(open(sys.argv[1]))["payload"]["producer"] == "e2e-portal"' "$tmp/out" || fail "no producer in status"
+code=$(curl -sS -o /dev/null -w '%{http_code}' -H 'Content-Type: application/json' -d '{}' "http://127.0.0.1:$aport/v1/resends")
+[[ "$code" == 401 ]] || fail "POST without a token answered $code"
+kill -TERM "$apid"; wait "$apid" || fail "api exited non-zero on SIGTERM"; apid=""
+if grep -q "$api_token" "$tmp/api.log"; then fail "API token in the api log"; fi
 
 check "graceful shutdown"
 kill -TERM "$wpid"; wait "$wpid" || fail "worker exited non-zero on SIGTERM"; wpid=""

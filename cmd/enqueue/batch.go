@@ -1,15 +1,10 @@
 package main
 
 import (
-	"bufio"
-	"bytes"
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"os"
-	"sync"
-	"sync/atomic"
 
 	"github.com/schollz/progressbar/v3"
 	"golang.org/x/term"
@@ -106,111 +101,13 @@ type lineResult struct {
 }
 
 // batch enqueues every line of in with up to concurrency requests in flight
-// and hands results to emit in input order as soon as each is known.
+// and hands results to emit in input order as soon as each is known. The
+// engine and the line reader are internal/tasks' (shared with the HTTP API).
 func batch(ctx context.Context, enq *tasks.Enqueuer, opts tasks.Options, in io.Reader, concurrency int, emit func(lineResult)) (failed int, err error) {
-	type job struct {
-		n    int
-		line []byte
-		err  error // the line could not be read whole
-		out  chan lineResult
-	}
-	jobs := make(chan job)
-	order := make(chan chan lineResult, 4*concurrency)
-	var wg sync.WaitGroup
-	for range concurrency {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for j := range jobs {
-				r := lineResult{n: j.n, err: j.err}
-				if r.err == nil {
-					p, err := tasks.DecodeLine(j.line)
-					if err == nil {
-						var res tasks.Enqueued
-						res, err = enq.Enqueue(ctx, p, opts)
-						r.id, r.dup = res.ID, res.Duplicate
-						err = enqueueErr(err)
-					}
-					r.err = err
-				}
-				j.out <- r
-			}
-		}()
-	}
-	var readErr error
-	go func() {
-		defer close(order)
-		defer close(jobs)
-		br := bufio.NewReaderSize(in, 64<<10)
-		for n := 1; ; n++ {
-			line, size, err := readLine(br, maxLineBytes)
-			if size == 0 && err == io.EOF {
-				return
-			}
-			var lineErr error
-			if line == nil {
-				lineErr = fmt.Errorf("longer than %d bytes (%d): one task a line", maxLineBytes, size)
-			}
-			out := make(chan lineResult, 1)
-			select {
-			case order <- out:
-			case <-ctx.Done():
-				readErr = ctx.Err()
-				return
-			}
-			jobs <- job{n: n, line: line, err: lineErr, out: out}
-			if err == io.EOF {
-				return
-			}
-			if err != nil {
-				readErr = err
-				return
-			}
-		}
-	}()
-	var nFailed atomic.Int64
-	for out := range order {
-		r := <-out
-		if r.err != nil {
-			nFailed.Add(1)
-		}
-		emit(r)
-	}
-	wg.Wait()
-	if readErr != nil {
-		return int(nFailed.Load()), fmt.Errorf("reading input: %w", readErr)
-	}
-	return int(nFailed.Load()), nil
+	return enq.EnqueueBatch(ctx, opts, tasks.Lines(in), concurrency, func(r tasks.BatchResult) {
+		emit(lineResult{n: r.N, id: r.ID, dup: r.Duplicate, err: enqueueErr(r.Err)})
+	})
 }
 
-// maxLineBytes bounds one input line: twice tasks.MaxPayloadBytes, so any
-// valid task fits however its JSON is spaced or escaped, while a runaway
-// line is skipped without being held in memory.
-const maxLineBytes = 2 * tasks.MaxPayloadBytes
-
-// readLine reads one line (its newline included) and returns it with its
-// size in bytes; a line longer than max, not counting its line ending, is
-// read to its end but dropped (nil line).
-func readLine(br *bufio.Reader, max int) (line []byte, size int, err error) {
-	dropped := false
-	for {
-		frag, err := br.ReadSlice('\n')
-		size += len(frag)
-		if !dropped {
-			line = append(line, frag...)
-			if len(bytes.TrimRight(line, "\r\n")) > max {
-				line, dropped = nil, true
-			}
-		}
-		if errors.Is(err, bufio.ErrBufferFull) {
-			continue
-		}
-		if dropped {
-			return nil, size, err
-		}
-		if line == nil {
-			line = []byte{}
-		}
-		return line, size, err
-	}
-}
+// maxLineBytes bounds one input line (tasks.MaxLineBytes).
+const maxLineBytes = tasks.MaxLineBytes

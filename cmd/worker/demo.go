@@ -12,6 +12,7 @@ import (
 	"github.com/alicebob/miniredis/v2"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/certmail/certmail/internal/api"
 	"github.com/certmail/certmail/internal/outcome"
 	"github.com/certmail/certmail/internal/providers"
 	"github.com/certmail/certmail/internal/providers/digicert/digicerttest"
@@ -26,8 +27,11 @@ import (
 // sample tasks whose outcomes are printed as they happen.
 type demoEnv struct {
 	redis    *miniredis.Miniredis
+	api      *http.Server // the HTTP enqueue API on loopback, without tokens
+	apiSrv   *api.Server
 	opensrs  *opensrstest.Server
 	digicert *digicerttest.Server
+	apiAddr  string
 	out      io.Writer
 	mu       sync.Mutex
 }
@@ -66,6 +70,9 @@ func startDemo(cfg *config, d *deps) (*demoEnv, error) {
 	d.httpClients = map[providers.Name]*http.Client{providers.OpenSRS: demo.opensrs.Client(), providers.DigiCert: demo.digicert.Client()}
 	d.recorder = demo.printer
 	d.started = func(ctx context.Context, w *worker) {
+		if err := demo.serveAPI(w.rdb); err != nil {
+			w.log.Error("demo: serve the HTTP API", "error", err.Error())
+		}
 		if err := demo.enqueueSamples(ctx, w.rdb, w.redisURL, w.httpAddr, cfg.demoTasks); err != nil {
 			w.log.Error("demo: enqueue samples", "error", err.Error())
 		}
@@ -86,7 +93,31 @@ func startDemo(cfg *config, d *deps) (*demoEnv, error) {
 	return demo, nil
 }
 
+// demoAPIAddr is where the demo serves the HTTP enqueue API (cmd/api's
+// default address); a random loopback port when it is taken.
+const demoAPIAddr = "127.0.0.1:8081"
+
+// serveAPI serves the HTTP enqueue API on loopback without tokens (what
+// `api --no-auth` allows), on the demo's Redis.
+func (d *demoEnv) serveAPI(rdb redis.UniversalClient) error {
+	ln, err := net.Listen("tcp", demoAPIAddr)
+	if err != nil {
+		if ln, err = net.Listen("tcp", "127.0.0.1:0"); err != nil {
+			return err
+		}
+	}
+	d.apiSrv = api.New(api.Config{Redis: rdb})
+	d.api = &http.Server{Handler: d.apiSrv.Handler(), ReadHeaderTimeout: 10 * time.Second}
+	go func() { _ = d.api.Serve(ln) }()
+	d.apiAddr = ln.Addr().String()
+	return nil
+}
+
 func (d *demoEnv) Close() {
+	if d.api != nil {
+		_ = d.api.Close()
+		_ = d.apiSrv.Close()
+	}
 	d.opensrs.Close()
 	d.digicert.Close()
 	if d.redis != nil {
@@ -106,6 +137,9 @@ func (d *demoEnv) enqueueSamples(ctx context.Context, rdb redis.UniversalClient,
 		d.printf("dashboard:  http://%s/dashboard/   metrics: http://%s/metrics\n", httpAddr, httpAddr)
 	}
 	d.printf("from another terminal:\n  export REDIS_URL=%s\n  go run ./cmd/enqueue opensrs --order-id 1001\n  go run ./cmd/dlq list\n", redisconn.Redact(redisURL))
+	if d.apiAddr != "" {
+		d.printf("HTTP API (no token on loopback; contract at http://%s/v1/openapi.yaml):\n  curl -sS -H 'Content-Type: application/json' -d '{\"provider\":\"opensrs\",\"order_id\":\"1001\"}' http://%s/v1/resends\n", d.apiAddr, d.apiAddr)
+	}
 	d.printf("simulated orders: opensrs 1001 ok, 1002 two 503s then ok, 1003 dead (480), 1004 answers after 20s; digicert 2001 ok, 2002 one 429 then ok, 2003 dead (404); any other order ok\n\n")
 	if !samples {
 		return nil

@@ -43,6 +43,9 @@ type Attempt struct {
 	Provider  string `json:"provider"`
 	OrderID   string `json:"order_id,omitempty"`
 	Reference string `json:"reference,omitempty"`
+	// Producer is who enqueued the task (the HTTP API's token name), from
+	// the payload; absent for CLI tasks.
+	Producer string `json:"producer,omitempty"`
 	// Attempt is asynq's retry count plus one: rate-limited bounces do not
 	// spend the retry budget and so repeat the number.
 	Attempt int     `json:"attempt"`

@@ -34,10 +34,16 @@
 //	                                               "<op>:<token>", then "finished:<op>:<token>" for 10m
 //	certmail:tomb:<id>                     string  outcome.TombstoneTTL (24h): "replayed", "deleted"
 //	                                               or "expired"
+//	certmail:idem:{<sha256>}               string  the HTTP API's Idempotency-Key record of one producer
+//	                                               and key (sha256 of both): "pending" JSON for the
+//	                                               request's lease (30s), then the stored response and
+//	                                               the request's fingerprint for 24h
 //	certmail:ratelimit:{<provider>:<h>}:<i>
 //	                                       zset    rule i's period (PEXPIRE on each grant): the grant
 //	                                               log of rule i (N/period) for the credential whose
-//	                                               SHA-256 starts with h (16 hex digits); members
+//	                                               SHA-256 starts with h (16 hex digits; provider "api":
+//	                                               the HTTP API's per-token limit, h of the token's
+//	                                               name); members
 //	                                               "<server µs>:<random token>", scored by the
 //	                                               server time in µs, trimmed to the period on every
 //	                                               call, so at most N members: MEMORY USAGE is
@@ -80,7 +86,8 @@
 //     provider and credential hash.
 //   - outageAdmitScript and outageReportScript touch OutageKey and
 //     OutageFailsKey, which share the hash tag {<provider>:<credential hash>}.
-//   - releaseScript, takeoverScript and repointScript each touch one key.
+//   - releaseScript, takeoverScript, repointScript and setIfScript each
+//     touch one key (setIfScript: IdempotencyKey, hash-tagged alone).
 //   - RecordAttempt is a pipeline, not a transaction: its commands need no
 //     slot-mates (a cluster client splits it per node, at the cost of a
 //     round trip per node).

@@ -43,6 +43,11 @@ func DedupKey(hash string) string { return Prefix + "dedup:" + hash }
 // does not.
 func DedupFailedKey(hash string) string { return DedupKey(hash) + ":failed" }
 
+// IdempotencyKey is the HTTP API's record of one Idempotency-Key of one
+// producer; scope is a SHA-256 of the two (the api package builds it),
+// never the key itself. One key, its own hash tag.
+func IdempotencyKey(scope string) string { return Prefix + "idem:{" + scope + "}" }
+
 // RateLimitKey is the grant log of rule i for one credential of a provider;
 // credHash is a hash of the credential, never the credential. Every rule
 // of a credential shares the hash tag {provider:credHash}.

@@ -16,6 +16,16 @@ import "github.com/redis/go-redis/v9"
 // Returns 1 when deleted, 0 when the key held something else or nothing.
 var releaseScript = redis.NewScript(`if redis.call("GET", KEYS[1]) == ARGV[1] then return redis.call("DEL", KEYS[1]) end return 0`)
 
+// setIfScript replaces a value only if the key still holds the caller's:
+// the HTTP API's idempotency record goes from the caller's pending value to
+// the stored response, never over a record another request took after the
+// caller's lease lapsed.
+//
+// KEYS[1] the record. ARGV[1] the caller's value, ARGV[2] the new value,
+// ARGV[3] its TTL in ms.
+// Returns 1 when replaced, 0 when the key held something else or nothing.
+var setIfScript = redis.NewScript(`if redis.call("GET", KEYS[1]) == ARGV[1] then redis.call("SET", KEYS[1], ARGV[2], "PX", ARGV[3]) return 1 end return 0`)
+
 // claimScript checks the success mark first, then takes the in-flight claim
 // with SET NX, so that a redelivered or concurrently delivered task does not
 // call the provider twice.

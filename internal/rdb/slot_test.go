@@ -45,6 +45,7 @@ func TestSlots(t *testing.T) {
 	}{
 		{"claimScript", []string{DoneKey(id), InflightKey(id)}, true},
 		{"acquireSlotScript", []string{SlotsKey("opensrs", "0123456789abcdef")}, true},
+		{"setIfScript", []string{IdempotencyKey("9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08")}, true},
 		{"outageScripts", []string{OutageKey("digicert", "0123456789abcdef"), OutageFailsKey("digicert", "0123456789abcdef")}, true},
 		{"reserveScript", []string{RateLimitKey("digicert", "0123456789abcdef", 0), RateLimitKey("digicert", "0123456789abcdef", 1),
 			RateLimitKey("digicert", "0123456789abcdef", 2)}, true},

@@ -11,13 +11,17 @@
 // only, never a secret.
 //
 //	type                           queue     payload
-//	opensrs:resend_cert_email      opensrs   {"order_id","reference"}
-//	opensrs:resend_approve_email   opensrs   {"order_id","reference"}
-//	digicert:resend_emails         digicert  {"order_id","domain_approval_emails","locale","reference"}
+//	opensrs:resend_cert_email      opensrs   {"order_id","reference","producer"}
+//	opensrs:resend_approve_email   opensrs   {"order_id","reference","producer"}
+//	digicert:resend_emails         digicert  {"order_id","domain_approval_emails","locale","reference","producer"}
+//
+// "producer" is the HTTP API token's name (Options.Producer), set by the
+// Enqueuer, never by a request line, and left out of the dedup identity;
+// payloads without it (the CLIs', older tasks) are served alike.
 //
 // # One task through the code
 //
-//	cmd/enqueue run → Enqueuer.Enqueue (dedup mark) → asynq Client
+//	cmd/enqueue run | cmd/api (internal/api) → Enqueuer.Enqueue (dedup mark) → asynq Client
 //	  → Redis: asynq queue opensrs | digicert
 //	  → cmd/worker newWorker + worker.start: asynq Server → Handler.ProcessTask
 //	  → Decode → Handler.claim → outcome.Store.Claim

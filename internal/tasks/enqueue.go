@@ -1,6 +1,7 @@
 package tasks
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -37,6 +38,11 @@ type Options struct {
 	// DedupWindow: an identical request inside it returns the first task.
 	// 0 turns deduplication off.
 	DedupWindow time.Duration
+	// Producer, when set, is recorded in the task's payload ("producer")
+	// so that status, dead letters and outcomes name who enqueued it: the
+	// HTTP API's token name. It is not part of the request's identity: the
+	// same resend from two producers inside the window is one task.
+	Producer string
 }
 
 // DefaultOptions are the documented defaults.
@@ -71,6 +77,8 @@ func (o Options) Validate() error {
 		return fieldErr("retention", "must not be negative")
 	case o.Retention%time.Second != 0:
 		return fieldErr("retention", "must be whole seconds (asynq stores whole seconds), got %v", o.Retention)
+	case o.Producer != "" && ValidateProducer(o.Producer) != nil:
+		return ValidateProducer(o.Producer)
 	case o.DedupWindow > 0 && o.retention() < o.DedupWindow:
 		// Else a completed task could vanish while its mark still names
 		// it, and the next identical request would resend.
@@ -118,6 +126,9 @@ func NewTask(p Payload, o Options, id string) (*asynq.Task, error) {
 	if err := o.Validate(); err != nil {
 		return nil, err
 	}
+	if o.Producer != "" {
+		p = p.withProducer(o.Producer)
+	}
 	b, err := json.Marshal(p)
 	if err != nil {
 		return nil, err
@@ -151,6 +162,20 @@ func dedupHash(taskType string, payload []byte) string {
 	h.Write([]byte{0})
 	h.Write(payload)
 	return hex.EncodeToString(h.Sum(nil))
+}
+
+// requestHash is the dedup hash of the request that built task from p: its
+// payload without the producer, so that a request is identified by what it
+// asks for, and the hash of a request without one is what it always was.
+func requestHash(p Payload, task *asynq.Task) (string, error) {
+	b := task.Payload()
+	if p.From() != "" || bytes.Contains(b, []byte(`"producer"`)) {
+		var err error
+		if b, err = json.Marshal(p.withProducer("")); err != nil {
+			return "", err
+		}
+	}
+	return dedupHash(task.Type(), b), nil
 }
 
 // Dedup timing. enqueueCallLimit bounds one request from setting its mark
@@ -254,7 +279,10 @@ func (e *Enqueuer) Enqueue(ctx context.Context, p Payload, o Options) (Enqueued,
 		}
 		return Enqueued{ID: id}, nil
 	}
-	hash := dedupHash(task.Type(), task.Payload())
+	hash, err := requestHash(p, task)
+	if err != nil {
+		return Enqueued{}, err
+	}
 	mark, setAt, dup, err := e.takeMark(ctx, hash, id, queue, o.DedupWindow)
 	if err != nil || dup.ID != "" {
 		return dup, err
@@ -494,7 +522,13 @@ func (e *Enqueuer) EnqueueRawID(ctx context.Context, id, taskType string, payloa
 	if err := e.enqueue(ctx, task, string(p.Provider()), id); err != nil {
 		return err
 	}
-	e.repoint(context.WithoutCancel(ctx), taskType, payload, string(p.Provider()), id)
+	hashed := payload
+	if p.From() != "" { // the request's identity leaves the producer out (requestHash)
+		if b, err := json.Marshal(p.withProducer("")); err == nil {
+			hashed = b
+		}
+	}
+	e.repoint(context.WithoutCancel(ctx), taskType, hashed, string(p.Provider()), id)
 	return nil
 }
 

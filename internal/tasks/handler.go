@@ -214,9 +214,9 @@ func (h *Handler) begin(ctx context.Context, t *asynq.Task) *attempt {
 	at.maxRetry, _ = asynq.GetMaxRetry(ctx)
 	// The payload is parsed once; Meta reads what it can of a broken one,
 	// so that even its dead letter names the order.
-	var orderID, ref string
+	var orderID, ref, producer string
 	if at.payload, at.decodeErr = Decode(t.Type(), t.Payload()); at.decodeErr == nil {
-		orderID, ref = at.payload.Order(), at.payload.Ref()
+		orderID, ref, producer = at.payload.Order(), at.payload.Ref(), at.payload.From()
 	} else {
 		orderID, ref = Meta(t.Payload())
 	}
@@ -224,7 +224,7 @@ func (h *Handler) begin(ctx context.Context, t *asynq.Task) *attempt {
 	// fields) and logged carries the reference masked; the payload keeps it.
 	at.rec = outcome.Attempt{
 		TaskID: id, Type: t.Type(), Queue: queue, Provider: queue,
-		OrderID: orderID, Reference: redact.Emails(ref), Attempt: at.retried + 1, At: at.start,
+		OrderID: orderID, Reference: redact.Emails(ref), Producer: producer, Attempt: at.retried + 1, At: at.start,
 	}
 	return at
 }

@@ -41,6 +41,11 @@ func DecodeLine(line []byte) (Payload, error) {
 	}
 	names := slices.Sorted(maps.Keys(fields))
 	for _, n := range names {
+		if strings.EqualFold(n, "producer") {
+			// Recorded by the enqueuer (the API's token name), never
+			// claimed by the request.
+			return nil, fmt.Errorf("invalid JSON: json: unknown field %q", n)
+		}
 		if len(providersWith(n)) == 0 {
 			return nil, fmt.Errorf("invalid JSON: json: unknown field %q", n)
 		}

@@ -37,6 +37,11 @@ type Payload interface {
 	// Order and Ref identify the request in logs and outcomes.
 	Order() string
 	Ref() string
+	// From is the producer that enqueued the task: the HTTP API's token
+	// name, "" for the CLIs and for tasks enqueued before it existed.
+	From() string
+	// withProducer returns a copy of the payload with its producer set.
+	withProducer(name string) Payload
 }
 
 // OpenSRSOrder holds the fields both OpenSRS task types carry. It is not a
@@ -44,6 +49,9 @@ type Payload interface {
 type OpenSRSOrder struct {
 	OrderID   string `json:"order_id"`
 	Reference string `json:"reference,omitempty"`
+	// Producer is set by the enqueuer from Options.Producer, never by the
+	// request (DecodeLine rejects it); absent in older payloads.
+	Producer string `json:"producer,omitempty"`
 }
 
 // Provider implements Payload.
@@ -54,7 +62,10 @@ func (o *OpenSRSOrder) Validate() error {
 	if err := validateOrderID(o.OrderID); err != nil {
 		return err
 	}
-	return validateReference(o.Reference)
+	if err := validateReference(o.Reference); err != nil {
+		return err
+	}
+	return validateProducer(o.Producer)
 }
 
 // Order implements Payload.
@@ -63,11 +74,20 @@ func (o *OpenSRSOrder) Order() string { return o.OrderID }
 // Ref implements Payload.
 func (o *OpenSRSOrder) Ref() string { return o.Reference }
 
+// From implements Payload.
+func (o *OpenSRSOrder) From() string { return o.Producer }
+
 // OpenSRSCertEmail is the payload of opensrs:resend_cert_email.
 type OpenSRSCertEmail struct{ OpenSRSOrder }
 
 // Type implements Payload.
 func (OpenSRSCertEmail) Type() string { return TypeOpenSRSResendCertEmail }
+
+func (p *OpenSRSCertEmail) withProducer(name string) Payload {
+	c := *p
+	c.Producer = name
+	return &c
+}
 
 // Request implements Payload.
 func (p *OpenSRSCertEmail) Request() providers.Request {
@@ -79,6 +99,12 @@ type OpenSRSApproveEmail struct{ OpenSRSOrder }
 
 // Type implements Payload.
 func (OpenSRSApproveEmail) Type() string { return TypeOpenSRSResendApproveEmail }
+
+func (p *OpenSRSApproveEmail) withProducer(name string) Payload {
+	c := *p
+	c.Producer = name
+	return &c
+}
 
 // Request implements Payload.
 func (p *OpenSRSApproveEmail) Request() providers.Request {
@@ -101,6 +127,8 @@ type DigiCertPayload struct {
 	DomainApprovalEmails []providers.ApprovalEmail `json:"domain_approval_emails,omitempty"`
 	Locale               string                    `json:"locale,omitempty"`
 	Reference            string                    `json:"reference,omitempty"`
+	// Producer: as OpenSRSOrder.Producer.
+	Producer string `json:"producer,omitempty"`
 }
 
 // Type implements Payload.
@@ -134,7 +162,10 @@ func (p *DigiCertPayload) Validate() error {
 	if err := validateLocale(p.Locale); err != nil {
 		return err
 	}
-	return validateReference(p.Reference)
+	if err := validateReference(p.Reference); err != nil {
+		return err
+	}
+	return validateProducer(p.Producer)
 }
 
 // Request implements Payload.
@@ -152,6 +183,15 @@ func (p *DigiCertPayload) Order() string { return p.OrderID }
 
 // Ref implements Payload.
 func (p *DigiCertPayload) Ref() string { return p.Reference }
+
+// From implements Payload.
+func (p *DigiCertPayload) From() string { return p.Producer }
+
+func (p *DigiCertPayload) withProducer(name string) Payload {
+	c := *p
+	c.Producer = name
+	return &c
+}
 
 // Decode parses and validates the payload of a task of the given type. An
 // unknown type or an invalid payload is an error the handler treats as

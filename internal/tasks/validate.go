@@ -25,7 +25,10 @@ func fieldErr(field, format string, args ...any) error {
 var (
 	orderIDRE = regexp.MustCompile(`^[0-9]{1,20}$`)
 	localeRE  = regexp.MustCompile(`^[a-z]{2}(_[A-Z]{2})?$`)
-	labelRE   = regexp.MustCompile(`^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$`)
+	// producerRE is a producer (API token) name: short, no spaces, safe in
+	// logs and metrics labels.
+	producerRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`)
+	labelRE    = regexp.MustCompile(`^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$`)
 )
 
 // Input limits, part of the task contract (README "Limits").
@@ -89,6 +92,22 @@ func validateReference(s string) error {
 		}
 	}
 	return nil
+}
+
+// ValidateProducer checks a producer name (an API token's name): 1-64
+// characters of A-Z a-z 0-9 . _ -, starting with a letter or digit.
+func ValidateProducer(s string) error {
+	if !producerRE.MatchString(s) {
+		return fieldErr("producer", "must be 1-64 characters of A-Z a-z 0-9 . _ - starting with a letter or digit, got %q", truncate(s))
+	}
+	return nil
+}
+
+func validateProducer(s string) error {
+	if s == "" {
+		return nil
+	}
+	return ValidateProducer(s)
 }
 
 func validateEmail(field, s string) error {

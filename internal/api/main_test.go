@@ -1,0 +1,9 @@
+package api
+
+import (
+	"testing"
+
+	"github.com/certmail/certmail/internal/redistest"
+)
+
+func TestMain(m *testing.M) { redistest.Main(m) }
