@@ -87,7 +87,7 @@ func TestAsynqOptErrors(t *testing.T) {
 		name, url, wantErr string
 	}{
 		{"Empty", "", "must be a URL like redis://"},
-		{"NotRedis", "http://u:" + secret + "@host/x", "scheme: must be a URL like redis://"},
+		{"NotRedis", "http://u:" + secret + "@host/x", "must be a URL like redis://"},
 		{"BadOption", "redis://u:" + secret + "@host:6379/0?password=" + secret, "invalid URL"},
 		{"SentinelNoMaster", "redis-sentinel://u:" + secret + "@h:26379/0", "master:"},
 	}

@@ -72,7 +72,7 @@ func Parse(raw string) (*Conn, error) {
 	case "redis-cluster", "rediss-cluster":
 		c, err = parseMulti(raw, Cluster)
 	default:
-		err = errors.New("scheme: " + usageLine)
+		err = fmt.Errorf("%s (scheme %s is not one of redis, rediss, unix, redis-sentinel, rediss-sentinel, redis-cluster, rediss-cluster)", usageLine, quoteName(strings.ToLower(scheme)))
 	}
 	if err != nil {
 		return nil, errors.New(scrub(err.Error(), raw))
@@ -186,7 +186,7 @@ func split(raw string) (*parts, error) {
 // quoteName quotes a query parameter name if it looks like one, so that a
 // stray piece of password is never echoed.
 func quoteName(k string) string {
-	if k == "" || len(k) > 32 || strings.TrimLeft(k, "abcdefghijklmnopqrstuvwxyz_") != "" {
+	if k == "" || len(k) > 32 || strings.TrimLeft(k, "abcdefghijklmnopqrstuvwxyz_-") != "" {
 		return "(unnamed)"
 	}
 	return strconv.Quote(k)

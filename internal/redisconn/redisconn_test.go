@@ -84,8 +84,8 @@ func TestParseErrors(t *testing.T) {
 	tests := []struct {
 		name, url, wantErr string
 	}{
-		{"http scheme", "http://s3cret@x:1/0", "scheme:"},
-		{"unknown scheme", "redis-sentinels://:s3cret@x:1/0?master=m", "scheme:"},
+		{"http scheme", "http://s3cret@x:1/0", `(scheme "http" is not one of`},
+		{"unknown scheme", "redis-sentinels://:s3cret@x:1/0?master=m", `scheme "redis-sentinels"`},
 		{"no scheme", "s3cret@x:1/0", "must be a URL like"},
 		{"garbage", "::::", "must be a URL like"},
 		{"bad db", "redis://:s3cret@x:1/notanumber", "invalid URL"},
