@@ -47,7 +47,8 @@ Commands:
 
 Flags of every command:
   --redis-url URL   Redis URL (env REDIS_URL, default redis://127.0.0.1:6379/0);
-                    rediss:// for TLS; the password is never printed
+                    rediss:// for TLS, redis-sentinel://h:p,…[/db]?master=NAME,
+                    redis-cluster://h:p,…; the password is never printed
 
 Flags may come after the IDs. Run 'dlq COMMAND --help' for details.
 Exit codes: 0 ok, 1 runtime failure or not found, 2 invalid usage.

@@ -178,6 +178,9 @@ func TestUsage(t *testing.T) {
 		{"delete without target", []string{"delete", "--provider", "opensrs"}, "dlq delete: give task IDs or --all"},
 		{"delete IDs and all", []string{"delete", "--all", "a"}, "dlq delete: --all:"},
 		{"bad redis url", []string{"list", "--redis-url", "http://x"}, "dlq list: --redis-url: must be a URL like redis://"},
+		{"sentinel url without master", []string{"list", "--redis-url", "redis-sentinel://:s3cret@127.0.0.1:26379/0"}, "dlq list: --redis-url: master:"},
+		{"sentinel url bad port", []string{"show", "ID", "--redis-url", "redis-sentinel://:s3cret@127.0.0.1:26379,h:x/0?master=m"}, "dlq show: --redis-url: port: address 2"},
+		{"cluster url with db", []string{"replay", "--all", "--redis-url", "redis-cluster://:s3cret@127.0.0.1:7000/2"}, "dlq replay: --redis-url: db:"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -187,6 +190,7 @@ func TestUsage(t *testing.T) {
 			require.Empty(t, stdout)
 			requireOneLine(t, stderr)
 			require.Contains(t, stderr, tc.want)
+			require.NotContains(t, stderr, "s3cret")
 		})
 	}
 }

@@ -129,7 +129,7 @@ func (c *common) options() tasks.Options {
 	return tasks.Options{MaxRetry: c.maxRetry, Timeout: c.timeout, Delay: c.delay, Retention: c.retention, DedupWindow: c.dedupWindow}
 }
 
-func (c *common) connect(ctx context.Context) (*redis.Client, error) {
+func (c *common) connect(ctx context.Context) (redis.UniversalClient, error) {
 	if _, err := redisconn.Parse(c.redisURL); err != nil {
 		return nil, usagef("--redis-url: %v", err)
 	}

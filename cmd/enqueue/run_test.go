@@ -250,6 +250,11 @@ func TestRedisURLSecrets(t *testing.T) {
 		{"unknown option", "redis://:" + secret + "@127.0.0.1:6379/0?bogus=1", exitUsage},
 		{"unparseable", "redis://user:" + secret + "@[::1/0", exitUsage},
 		{"no scheme", "user:" + secret + "@127.0.0.1:6379", exitUsage},
+		{"sentinel without master", "redis-sentinel://:" + secret + "@127.0.0.1:26379/0", exitUsage},
+		{"sentinel bad host list", "redis-sentinel://:" + secret + "@127.0.0.1:26379,/0?master=m", exitUsage},
+		{"sentinel unknown parameter", "redis-sentinel://127.0.0.1:26379/0?master=m&sentinel_pasword=" + secret, exitUsage},
+		{"cluster with db", "redis-cluster://:" + secret + "@127.0.0.1:7000/3", exitUsage},
+		{"sentinel unreachable", "redis-sentinel://:" + secret + "@" + closed + "?master=m&sentinel_password=" + secret, exitFailure},
 		{"unreachable with password", "redis://user:" + secret + "@" + closed, exitFailure},
 	}
 	for _, tc := range tests {

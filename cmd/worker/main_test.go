@@ -77,6 +77,9 @@ func TestConfigErrors(t *testing.T) {
 		{"dashboard user without password", nil, map[string]string{"DIGICERT_API_KEY": "k", "DASHBOARD_USER": "ops"}, "DASHBOARD_PASSWORD"},
 		{"bad readonly", nil, map[string]string{"DIGICERT_API_KEY": "k", "DASHBOARD_READONLY": "maybe"}, "DASHBOARD_READONLY"},
 		{"bad redis url", nil, map[string]string{"DIGICERT_API_KEY": "k", "REDIS_URL": "http://x"}, "REDIS_URL"},
+		{"sentinel url without master", nil, map[string]string{"DIGICERT_API_KEY": "k", "REDIS_URL": "redis-sentinel://:s3cret@127.0.0.1:26379/0"}, "REDIS_URL (--redis-url): master:"},
+		{"sentinel url bad port flag", []string{"--redis-url", "redis-sentinel://:s3cret@127.0.0.1:0/0?master=m"}, map[string]string{"DIGICERT_API_KEY": "k"}, "port: address 1"},
+		{"cluster url with db", nil, map[string]string{"DIGICERT_API_KEY": "k", "REDIS_URL": "redis-cluster://:s3cret@127.0.0.1:7000/1"}, "db: Redis Cluster has only database 0"},
 		{"bad log level", nil, map[string]string{"DIGICERT_API_KEY": "k", "LOG_LEVEL": "loud"}, "LOG_LEVEL"},
 		{"bad rate limit", nil, map[string]string{"DIGICERT_API_KEY": "k", "DIGICERT_RATE_LIMIT": "lots"}, "DIGICERT_RATE_LIMIT"},
 		{"bad rate limit flag", []string{"--opensrs-rate-limit", "5/0s"}, map[string]string{"DIGICERT_API_KEY": "k"}, "OPENSRS_RATE_LIMIT"},
@@ -94,6 +97,7 @@ func TestConfigErrors(t *testing.T) {
 			code := run(t.Context(), tc.args, &stdout, &stderr, envOf(tc.env))
 			require.Equal(t, exitUsage, code, stderr.String())
 			require.Contains(t, stderr.String(), tc.wantErr)
+			require.NotContains(t, stderr.String(), "s3cret")
 			require.Equal(t, 1, strings.Count(stderr.String(), "\n"), "one line: %q", stderr.String())
 		})
 	}

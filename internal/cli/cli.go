@@ -73,7 +73,7 @@ func RedisURLFlag(fs *flag.FlagSet, p *string, getenv func(string) string) {
 	if def == "" {
 		def = redisconn.DefaultURL
 	}
-	fs.StringVar(p, "redis-url", def, "Redis URL (env REDIS_URL); rediss:// for TLS; the password is never printed")
+	fs.StringVar(p, "redis-url", def, "Redis URL (env REDIS_URL): redis://, rediss:// (TLS), redis-sentinel://h:p,…/db?master=NAME or redis-cluster://h:p,…; the password is never printed")
 }
 
 // Parse parses flags that may come before or after positional arguments

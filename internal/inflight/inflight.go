@@ -13,6 +13,8 @@
 // of the attempt when that is shorter) plus LeaseMargin. A worker killed
 // while holding a slot never gives it back, and the slot comes back by
 // itself once the lease has passed; until then the cap is one slot short.
+// A live worker whose release cannot reach Redis (a Sentinel failover)
+// tries it again every 500 ms until it lands or the lease has passed.
 // The lease outlives any call a live worker can make, so a slow call never
 // loses its slot to another.
 //
@@ -222,13 +224,45 @@ func (r *Resender) requeue(untilFree time.Duration) time.Duration {
 }
 
 // release gives the slot back even when ctx is done, and wakes a waiter of
-// this process.
+// this process. A release that fails is tried again in the background.
 func (r *Resender) release(ctx context.Context, token string) {
 	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), releaseTimeout)
 	defer cancel()
-	// A failed release leaves the slot to its lease: nothing else to do.
-	_ = r.rdb.ReleaseSlot(rctx, string(r.cfg.Provider), r.credHash, token)
+	if err := r.rdb.ReleaseSlot(rctx, string(r.cfg.Provider), r.credHash, token); err != nil && !errors.Is(err, redis.ErrClosed) {
+		go r.retryRelease(token, time.Now().Add(r.cfg.CallLimit+LeaseMargin))
+	}
 	r.inUse.Add(-1)
+	r.wake()
+}
+
+// releaseRetry is the pause between two tries of a failed release.
+const releaseRetry = 500 * time.Millisecond
+
+// retryRelease tries a failed release again until it succeeds or the
+// slot's lease has passed anyway. A release fails when Redis cannot be
+// reached, as in the few seconds of a Sentinel failover: without the
+// retry the slot stayed taken until its lease ended (PROVIDER_TIMEOUT +
+// LeaseMargin, 100 s by default) although its call was over, and the cap
+// of 2 held every OpenSRS call back that long. Releasing by token is
+// idempotent and frees nothing of another holder.
+func (r *Resender) retryRelease(token string, until time.Time) {
+	for time.Now().Before(until) {
+		time.Sleep(releaseRetry)
+		ctx, cancel := context.WithTimeout(context.Background(), releaseTimeout)
+		err := r.rdb.ReleaseSlot(ctx, string(r.cfg.Provider), r.credHash, token)
+		cancel()
+		if err == nil {
+			r.wake()
+			return
+		}
+		if errors.Is(err, redis.ErrClosed) {
+			return
+		}
+	}
+}
+
+// wake wakes one waiter of this process, if any.
+func (r *Resender) wake() {
 	select {
 	case r.freed <- struct{}{}:
 	default:

@@ -228,3 +228,29 @@ func TestDeadlineDuringAcquireRequeues(t *testing.T) {
 		require.Equal(t, providers.Transient, providers.Classify(err))
 	})
 }
+
+// TestFailedReleaseIsRetried: a release that cannot reach Redis (as in a
+// Sentinel failover) is tried again once Redis answers, so the slot frees
+// long before its lease (here a minute) ends.
+func TestFailedReleaseIsRetried(t *testing.T) {
+	t.Parallel()
+	redistest.Each(t, func(t *testing.T, b redistest.Backend) {
+		direct := b.Client(t)
+		opt, err := redis.ParseURL(b.URL)
+		require.NoError(t, err)
+		p := redistest.NewProxy(t, opt.Addr)
+		opt.Addr, opt.MaxRetries = p.Addr(), -1
+		c := redis.NewClient(opt)
+		defer c.Close()
+		r := Wrap(resendFunc(func(context.Context, providers.Request) (providers.Result, error) {
+			p.Stop() // Redis goes away during the call
+			return providers.Result{Provider: providers.OpenSRS, StatusCode: 200}, nil
+		}), c, config(1, time.Second))
+		_, err = r.Resend(t.Context(), providers.Request{OrderID: "1"})
+		require.NoError(t, err)
+		require.Equal(t, int64(1), held(t, direct), "the release could not reach Redis")
+		require.NoError(t, p.Start())
+		require.Eventually(t, func() bool { return held(t, direct) == 0 }, 10*time.Second, 50*time.Millisecond,
+			"slot still held after Redis came back")
+	})
+}
