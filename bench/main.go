@@ -631,7 +631,7 @@ func (e *env) figWorker(ctx context.Context) (result, error) {
 		}
 		c, err := e.throughput(ctx, false, e.p.tasks, e.p.concurrency, 0, prof)
 		if err != nil {
-			return r, fmt.Errorf("certmail: %w", err)
+			return r, fmt.Errorf("certmail worker: %w", err)
 		}
 		cm, nv = append(cm, c), append(nv, n)
 		r.runs = append(r.runs, fmt.Sprintf("run %d: certmail %.0f tasks/s, naive %.0f tasks/s, ratio %.2f", i+1, c, n, c/n))
@@ -842,7 +842,7 @@ func (e *env) figPickup(ctx context.Context) (result, error) {
 	for i := range e.p.runs {
 		a50, a99, acmd, atop, err := e.idleAndPickup(ctx, false)
 		if err != nil {
-			return r, fmt.Errorf("certmail: %w", err)
+			return r, fmt.Errorf("certmail worker: %w", err)
 		}
 		b50, b99, bcmd, btop, err := e.idleAndPickup(ctx, true)
 		if err != nil {
@@ -899,7 +899,7 @@ func (e *env) figRSS(ctx context.Context) (result, error) {
 	for i := range e.p.runs {
 		c, cdone, err := e.rssRun(ctx, false)
 		if err != nil {
-			return r, fmt.Errorf("certmail: %w", err)
+			return r, fmt.Errorf("certmail worker: %w", err)
 		}
 		n, ndone, err := e.rssRun(ctx, true)
 		if err != nil {

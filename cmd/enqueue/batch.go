@@ -72,19 +72,28 @@ Flags:
 			progressbar.OptionSetDescription("enqueued"), progressbar.OptionShowCount(),
 			progressbar.OptionShowIts(), progressbar.OptionClearOnFinish())
 	}
+	// Output is buffered, and flushed whenever the next result is not
+	// ready yet: one write per burst, not one per line, while a slow input
+	// still sees each answer at once. Stderr is written after stdout is
+	// flushed, so the two keep their order on a terminal.
+	out := bufio.NewWriterSize(stdout, 64<<10)
 	failed, err := batch(ctx, enq, c.options(), in, concurrency, func(r lineResult) {
 		if bar != nil {
 			_ = bar.Add(1)
 		}
 		if r.err != nil {
-			fmt.Fprintf(stdout, "line %d: %s\n", r.n, oneLine(r.err.Error()))
+			fmt.Fprintf(out, "line %d: %s\n", r.n, oneLine(r.err.Error()))
 			return
 		}
-		fmt.Fprintln(stdout, r.id)
+		fmt.Fprintln(out, r.id)
 		if r.dup {
+			_ = out.Flush()
 			fmt.Fprintf(stderr, "line %d: duplicate of %s\n", r.n, r.id)
 		}
-	})
+	}, func() { _ = out.Flush() })
+	if ferr := out.Flush(); ferr != nil && err == nil {
+		err = ferr
+	}
 	if bar != nil {
 		_ = bar.Finish()
 	}
@@ -105,43 +114,61 @@ type lineResult struct {
 	err error
 }
 
+// batchChunk is the most lines one request to Redis carries the dedup
+// marks of (tasks.Enqueuer.EnqueueBatch): lines already read are enqueued
+// together, so a file goes in chunks while a slow pipe still goes line by
+// line.
+const batchChunk = 32
+
 // batch enqueues every line of in with up to concurrency requests in flight
-// and hands results to emit in input order as soon as each is known.
-func batch(ctx context.Context, enq *tasks.Enqueuer, opts tasks.Options, in io.Reader, concurrency int, emit func(lineResult)) (failed int, err error) {
+// and hands results to emit in input order as soon as each is known. Lines
+// are taken in chunks of what is already read (at most batchChunk), whose
+// dedup marks are set in one round trip. idle, if not nil, is called before
+// waiting for a result that is not there yet (runBatch flushes its output).
+func batch(ctx context.Context, enq *tasks.Enqueuer, opts tasks.Options, in io.Reader, concurrency int, emit func(lineResult), idle func()) (failed int, err error) {
 	type job struct {
 		n    int
 		line []byte
 		err  error // the line could not be read whole
 		out  chan lineResult
 	}
-	jobs := make(chan job)
-	order := make(chan chan lineResult, 4*concurrency)
+	jobs := make(chan []job)
+	order := make(chan chan lineResult, 4*concurrency*batchChunk)
 	var wg sync.WaitGroup
 	for range concurrency {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for j := range jobs {
-				r := lineResult{n: j.n, err: j.err}
-				if r.err == nil {
-					p, err := tasks.DecodeLine(j.line)
-					if err == nil {
-						var res tasks.Enqueued
-						res, err = enq.Enqueue(ctx, p, opts)
-						r.id, r.dup = res.ID, res.Duplicate
-						err = enqueueErr(err)
+		wg.Go(func() {
+			for chunk := range jobs {
+				rs := make([]lineResult, len(chunk))
+				ps := make([]tasks.Payload, len(chunk))
+				for k, j := range chunk {
+					rs[k] = lineResult{n: j.n, err: j.err}
+					if j.err == nil {
+						ps[k], rs[k].err = tasks.DecodeLine(j.line)
 					}
-					r.err = err
 				}
-				j.out <- r
+				res, errs := enq.EnqueueBatch(ctx, ps, opts)
+				for k, j := range chunk {
+					if ps[k] != nil {
+						rs[k].id, rs[k].dup, rs[k].err = res[k].ID, res[k].Duplicate, enqueueErr(errs[k])
+					}
+					j.out <- rs[k]
+				}
 			}
-		}()
+		})
 	}
 	var readErr error
 	go func() {
 		defer close(order)
 		defer close(jobs)
 		br := bufio.NewReaderSize(in, 64<<10)
+		var chunk []job
+		flush := func() {
+			if len(chunk) > 0 {
+				jobs <- chunk
+				chunk = nil
+			}
+		}
+		defer flush()
 		for n := 1; ; n++ {
 			line, size, err := readLine(br, maxLineBytes)
 			if size == 0 && err == io.EOF {
@@ -158,7 +185,10 @@ func batch(ctx context.Context, enq *tasks.Enqueuer, opts tasks.Options, in io.R
 				readErr = ctx.Err()
 				return
 			}
-			jobs <- job{n: n, line: line, err: lineErr, out: out}
+			chunk = append(chunk, job{n: n, line: line, err: lineErr, out: out})
+			if len(chunk) == batchChunk || br.Buffered() == 0 {
+				flush()
+			}
 			if err == io.EOF {
 				return
 			}
@@ -170,7 +200,15 @@ func batch(ctx context.Context, enq *tasks.Enqueuer, opts tasks.Options, in io.R
 	}()
 	var nFailed atomic.Int64
 	for out := range order {
-		r := <-out
+		var r lineResult
+		select {
+		case r = <-out:
+		default:
+			if idle != nil {
+				idle()
+			}
+			r = <-out
+		}
 		if r.err != nil {
 			nFailed.Add(1)
 		}

@@ -26,6 +26,13 @@ type Recorder interface {
 	Claim(ctx context.Context, taskID, token string, ttl time.Duration) (outcome.ClaimState, time.Time, time.Duration, error)
 }
 
+// resultRecorder is a Recorder that also stores the task's asynq result in
+// the attempt's own round trip (*outcome.Store does); with any other
+// Recorder the result goes through asynq's ResultWriter first.
+type resultRecorder interface {
+	RecordWithResult(ctx context.Context, a outcome.Attempt, dead *outcome.DeadLetter, result []byte) error
+}
+
 // Observer receives every attempt for metrics; it may be nil.
 type Observer interface {
 	ObserveAttempt(provider string, o outcome.Outcome, providerLatency time.Duration)
@@ -172,7 +179,7 @@ func (h *Handler) ProcessTask(ctx context.Context, t *asynq.Task) (err error) {
 		// Delivered once already (a crash or lease loss came between the
 		// provider's answer and asynq's ack): do not email twice.
 		at.rec.ProviderMessage = "already resent at " + doneAt.UTC().Format(time.RFC3339) + "; duplicate delivery suppressed"
-		h.writeResult(ctx, t, Result{Provider: at.rec.Provider, OrderID: at.rec.OrderID, Reference: at.rec.Reference, Attempt: at.rec.Attempt,
+		at.result = h.encodeResult(Result{Provider: at.rec.Provider, OrderID: at.rec.OrderID, Reference: at.rec.Reference, Attempt: at.rec.Attempt,
 			ProviderMessage: at.rec.ProviderMessage, Duplicate: true, CompletedAt: h.now()})
 		return h.settle(ctx, at, stepCall, nil, 0)
 	}
@@ -182,7 +189,7 @@ func (h *Handler) ProcessTask(ctx context.Context, t *asynq.Task) (err error) {
 	latency := h.now().Sub(callStart)
 	if err == nil {
 		at.rec.HTTPStatus, at.rec.ProviderCode, at.rec.ProviderMessage = res.StatusCode, res.Code, redact.Emails(res.Message)
-		h.writeResult(ctx, t, Result{Provider: at.rec.Provider, OrderID: at.rec.OrderID, Reference: at.rec.Reference, Attempt: at.rec.Attempt,
+		at.result = h.encodeResult(Result{Provider: at.rec.Provider, OrderID: at.rec.OrderID, Reference: at.rec.Reference, Attempt: at.rec.Attempt,
 			HTTPStatus: res.StatusCode, ProviderCode: res.Code, ProviderMessage: at.rec.ProviderMessage, CompletedAt: h.now()})
 	}
 	return h.settle(ctx, at, stepCall, err, latency)
@@ -197,6 +204,9 @@ type attempt struct {
 	payload           Payload
 	decodeErr         error
 	rec               outcome.Attempt
+	// result is the encoded Result of a completed task, stored with the
+	// attempt's record (nil otherwise).
+	result []byte
 }
 
 // last reports whether asynq archives the task if this attempt fails.
@@ -243,7 +253,7 @@ func (h *Handler) settle(ctx context.Context, at *attempt, s step, err error, la
 			LastError: redact.Emails(dec.Error), LastFailedAt: h.now(), Class: dec.DeadLetter, Source: "handler",
 		}
 	}
-	h.finish(ctx, at.start, a, dead, latency)
+	h.finish(ctx, at, dead, latency)
 	return dec.Return
 }
 
@@ -311,11 +321,17 @@ func (h *Handler) callContext(ctx context.Context) (context.Context, context.Can
 	return context.WithTimeout(ctx, timeout)
 }
 
-func (h *Handler) writeResult(ctx context.Context, t *asynq.Task, res Result) {
+func (h *Handler) encodeResult(res Result) []byte {
 	b, err := json.Marshal(res)
 	if err != nil {
-		return
+		return nil
 	}
+	return b
+}
+
+// writeResult stores a completed task's result through asynq's
+// ResultWriter, for a Recorder that cannot store it with the attempt.
+func (h *Handler) writeResult(ctx context.Context, t *asynq.Task, b []byte) {
 	if w := t.ResultWriter(); w != nil {
 		if _, err := w.Write(b); err != nil {
 			h.Logger.WarnContext(ctx, "could not store task result", "error", err.Error())
@@ -323,13 +339,23 @@ func (h *Handler) writeResult(ctx context.Context, t *asynq.Task, res Result) {
 	}
 }
 
-// finish records the attempt (even when the task's context has ended),
-// reports it to the observer and logs it.
-func (h *Handler) finish(ctx context.Context, start time.Time, a *outcome.Attempt, dead *outcome.DeadLetter, latency time.Duration) {
-	a.DurationMS = float64(h.now().Sub(start).Microseconds()) / 1000
+// finish records the attempt, with the task's result when it completed
+// (even when the task's context has ended), reports it to the observer and
+// logs it.
+func (h *Handler) finish(ctx context.Context, at *attempt, dead *outcome.DeadLetter, latency time.Duration) {
+	a := &at.rec
+	a.DurationMS = float64(h.now().Sub(at.start).Microseconds()) / 1000
 	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), RecordTimeout)
 	defer cancel()
-	recErr := h.Recorder.Record(rctx, *a, dead)
+	var recErr error
+	if rr, ok := h.Recorder.(resultRecorder); ok && at.result != nil {
+		recErr = rr.RecordWithResult(rctx, *a, dead, at.result)
+	} else {
+		if at.result != nil {
+			h.writeResult(ctx, at.task, at.result)
+		}
+		recErr = h.Recorder.Record(rctx, *a, dead)
+	}
 	if h.Observer != nil {
 		h.Observer.ObserveAttempt(a.Provider, a.Outcome, latency)
 	}
