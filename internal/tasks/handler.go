@@ -70,6 +70,31 @@ type Handler struct {
 // a deadline is still recorded and its claim released.
 const RecordTimeout = 5 * time.Second
 
+// SuccessRecordTimeout bounds the retries of a success's record when Redis
+// fails it (a restart, a failover): each further try is bounded by
+// RecordTimeout, and they stop at once when the worker shuts down.
+const SuccessRecordTimeout = 30 * time.Second
+
+// retrySuccessRecord retries record every 250 ms (doubling to 2 s) until it
+// succeeds, SuccessRecordTimeout passes or the worker stops; it returns the
+// last error.
+func (h *Handler) retrySuccessRecord(ctx context.Context, record func(context.Context) error, err error) error {
+	deadline := time.Now().Add(SuccessRecordTimeout)
+	wait := 250 * time.Millisecond
+	for time.Now().Before(deadline) && !h.stopping.Load() {
+		time.Sleep(wait)
+		wait = min(2*wait, 2*time.Second)
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), min(RecordTimeout, time.Until(deadline)))
+		err = record(rctx)
+		cancel()
+		if err == nil {
+			h.Logger.WarnContext(ctx, "success recorded after Redis came back")
+			return nil
+		}
+	}
+	return err
+}
+
 // Stopping tells the handler that the worker is shutting down; call it
 // before asynq's Server.Shutdown. Attempts interrupted from then on are
 // recorded as interrupted (asynq puts their tasks back to pending with the
@@ -347,14 +372,22 @@ func (h *Handler) finish(ctx context.Context, at *attempt, dead *outcome.DeadLet
 	a.DurationMS = float64(h.now().Sub(at.start).Microseconds()) / 1000
 	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), RecordTimeout)
 	defer cancel()
-	var recErr error
-	if rr, ok := h.Recorder.(resultRecorder); ok && at.result != nil {
-		recErr = rr.RecordWithResult(rctx, *a, dead, at.result)
-	} else {
-		if at.result != nil {
-			h.writeResult(ctx, at.task, at.result)
+	record := func(rctx context.Context) error {
+		if rr, ok := h.Recorder.(resultRecorder); ok && at.result != nil {
+			return rr.RecordWithResult(rctx, *a, dead, at.result)
 		}
-		recErr = h.Recorder.Record(rctx, *a, dead)
+		if at.result != nil {
+			h.writeResult(rctx, at.task, at.result)
+		}
+		return h.Recorder.Record(rctx, *a, dead)
+	}
+	recErr := record(rctx)
+	if recErr != nil && a.Outcome == outcome.Succeeded && !h.stopping.Load() {
+		// The provider accepted the request but Redis did not take the
+		// success mark (restarting, failing over): without it asynq's
+		// redelivery of this task would send the email again. Keep trying
+		// while Redis comes back, within SuccessRecordTimeout.
+		recErr = h.retrySuccessRecord(ctx, record, recErr)
 	}
 	if h.Observer != nil {
 		h.Observer.ObserveAttempt(a.Provider, a.Outcome, latency)
