@@ -78,7 +78,7 @@ const SuccessRecordTimeout = 30 * time.Second
 // retrySuccessRecord retries record every 250 ms (doubling to 2 s) until it
 // succeeds, SuccessRecordTimeout passes or the worker stops; it returns the
 // last error.
-func (h *Handler) retrySuccessRecord(ctx context.Context, record func(context.Context) error, err error) error {
+func (h *Handler) retrySuccessRecord(ctx context.Context, taskID string, record func(context.Context) error, err error) error {
 	deadline := time.Now().Add(SuccessRecordTimeout)
 	wait := 250 * time.Millisecond
 	for time.Now().Before(deadline) && !h.stopping.Load() {
@@ -88,7 +88,7 @@ func (h *Handler) retrySuccessRecord(ctx context.Context, record func(context.Co
 		err = record(rctx)
 		cancel()
 		if err == nil {
-			h.Logger.WarnContext(ctx, "success recorded after Redis came back")
+			h.Logger.WarnContext(ctx, "success recorded after Redis came back", "task_id", redact.Emails(taskID))
 			return nil
 		}
 	}
@@ -387,7 +387,7 @@ func (h *Handler) finish(ctx context.Context, at *attempt, dead *outcome.DeadLet
 		// success mark (restarting, failing over): without it asynq's
 		// redelivery of this task would send the email again. Keep trying
 		// while Redis comes back, within SuccessRecordTimeout.
-		recErr = h.retrySuccessRecord(ctx, record, recErr)
+		recErr = h.retrySuccessRecord(ctx, a.TaskID, record, recErr)
 	}
 	if h.Observer != nil {
 		h.Observer.ObserveAttempt(a.Provider, a.Outcome, latency)
