@@ -56,7 +56,7 @@ func BenchmarkBatch(b *testing.B) {
 	cli := func() {
 		in := benchLines(benchBatchSize)
 		start := time.Now()
-		failed, err := enq.EnqueueBatch(b.Context(), tasks.DefaultOptions(), tasks.Lines(bytes.NewReader(in)), 32, func(tasks.BatchResult) {})
+		failed, err := enq.EnqueueBatch(b.Context(), tasks.DefaultOptions(), tasks.Lines(bytes.NewReader(in)), 32, func(tasks.BatchResult) {}, nil)
 		cliDur += time.Since(start)
 		if err != nil || failed > 0 {
 			b.Fatalf("enqueue batch: %d failed, %v", failed, err)

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"fmt"
 	"io"
@@ -67,19 +68,28 @@ Flags:
 			progressbar.OptionSetDescription("enqueued"), progressbar.OptionShowCount(),
 			progressbar.OptionShowIts(), progressbar.OptionClearOnFinish())
 	}
+	// Output is buffered, and flushed whenever the next result is not
+	// ready yet: one write per burst, not one per line, while a slow input
+	// still sees each answer at once. Stderr is written after stdout is
+	// flushed, so the two keep their order on a terminal.
+	out := bufio.NewWriterSize(stdout, 64<<10)
 	failed, err := batch(ctx, enq, c.options(), in, concurrency, func(r lineResult) {
 		if bar != nil {
 			_ = bar.Add(1)
 		}
 		if r.err != nil {
-			fmt.Fprintf(stdout, "line %d: %s\n", r.n, oneLine(r.err.Error()))
+			fmt.Fprintf(out, "line %d: %s\n", r.n, oneLine(r.err.Error()))
 			return
 		}
-		fmt.Fprintln(stdout, r.id)
+		fmt.Fprintln(out, r.id)
 		if r.dup {
+			_ = out.Flush()
 			fmt.Fprintf(stderr, "line %d: duplicate of %s\n", r.n, r.id)
 		}
-	})
+	}, func() { _ = out.Flush() })
+	if ferr := out.Flush(); ferr != nil && err == nil {
+		err = ferr
+	}
 	if bar != nil {
 		_ = bar.Finish()
 	}
@@ -103,10 +113,12 @@ type lineResult struct {
 // batch enqueues every line of in with up to concurrency requests in flight
 // and hands results to emit in input order as soon as each is known. The
 // engine and the line reader are internal/tasks' (shared with the HTTP API).
-func batch(ctx context.Context, enq *tasks.Enqueuer, opts tasks.Options, in io.Reader, concurrency int, emit func(lineResult)) (failed int, err error) {
+// idle, if not nil, is called before waiting for a result that is not there
+// yet (runBatch flushes its output).
+func batch(ctx context.Context, enq *tasks.Enqueuer, opts tasks.Options, in io.Reader, concurrency int, emit func(lineResult), idle func()) (failed int, err error) {
 	return enq.EnqueueBatch(ctx, opts, tasks.Lines(in), concurrency, func(r tasks.BatchResult) {
 		emit(lineResult{n: r.N, id: r.ID, dup: r.Duplicate, err: enqueueErr(r.Err)})
-	})
+	}, idle)
 }
 
 // maxLineBytes bounds one input line (tasks.MaxLineBytes).

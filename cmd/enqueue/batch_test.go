@@ -294,7 +294,7 @@ func BenchmarkBatch(b *testing.B) {
 			ctx := context.Background()
 			b.ResetTimer()
 			start := time.Now()
-			failed, err := batch(ctx, enq, tasks.DefaultOptions(), strings.NewReader(input), conc, func(lineResult) { emitted++ })
+			failed, err := batch(ctx, enq, tasks.DefaultOptions(), strings.NewReader(input), conc, func(lineResult) { emitted++ }, nil)
 			elapsed := time.Since(start)
 			b.StopTimer()
 			if err != nil || failed != 0 || emitted != b.N {

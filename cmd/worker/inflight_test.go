@@ -2,9 +2,7 @@ package main
 
 import (
 	"os"
-	"os/exec"
 	"strconv"
-	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -20,44 +18,6 @@ import (
 	"github.com/certmail/certmail/internal/tasks"
 	"github.com/certmail/certmail/internal/testbin"
 )
-
-// capWorker is a built worker process configured like a production one
-// (no --demo), its OpenSRS client pointed at a simulator the test owns.
-type capWorker struct {
-	cmd    *exec.Cmd
-	stderr *syncBuffer
-	exited chan struct{}
-}
-
-func startCapWorker(t *testing.T, bin string, env ...string) *capWorker {
-	t.Helper()
-	w := &capWorker{stderr: &syncBuffer{}, exited: make(chan struct{})}
-	w.cmd = exec.Command(bin)
-	w.cmd.Env = append([]string{"PATH=" + os.Getenv("PATH"), "HOME=" + os.Getenv("HOME")}, env...)
-	w.cmd.Stdout = &syncBuffer{}
-	w.cmd.Stderr = w.stderr
-	require.NoError(t, w.cmd.Start())
-	go func() {
-		_ = w.cmd.Wait()
-		close(w.exited)
-	}()
-	t.Cleanup(func() {
-		select {
-		case <-w.exited:
-		default:
-			_ = w.cmd.Process.Signal(syscall.SIGTERM)
-			select {
-			case <-w.exited:
-			case <-time.After(30 * time.Second):
-				_ = w.cmd.Process.Kill()
-				<-w.exited
-			}
-		}
-	})
-	require.Eventually(t, func() bool { return strings.Contains(w.stderr.String(), `"msg":"worker started"`) },
-		30*time.Second, 20*time.Millisecond, "worker did not start: %s", w.stderr)
-	return w
-}
 
 // enqueueOpenSRS enqueues one OpenSRS task per order and returns the IDs.
 func enqueueOpenSRS(t *testing.T, rdb redis.UniversalClient, orders []string) []string {

@@ -2,10 +2,6 @@ package main
 
 import (
 	"context"
-	"os"
-	"os/exec"
-	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -20,53 +16,6 @@ import (
 	"github.com/certmail/certmail/internal/tasks"
 	"github.com/certmail/certmail/internal/testbin"
 )
-
-// workerProc is the built worker binary running as its own process.
-type workerProc struct {
-	cmd    *exec.Cmd
-	stderr *syncBuffer
-	exited chan struct{}
-}
-
-// startWorkerProc runs `worker --demo` against the given Redis: the
-// simulators run inside the worker process, the queue is the test's.
-func startWorkerProc(t *testing.T, bin, redisURL string, env ...string) *workerProc {
-	t.Helper()
-	w := &workerProc{stderr: &syncBuffer{}, exited: make(chan struct{})}
-	w.cmd = exec.Command(bin, "--demo", "--demo-samples=false", "--redis-url", redisURL, "--http-addr", "127.0.0.1:0")
-	w.cmd.Env = append([]string{"PATH=" + os.Getenv("PATH"), "HOME=" + os.Getenv("HOME")}, env...)
-	w.cmd.Stdout = &syncBuffer{}
-	w.cmd.Stderr = w.stderr
-	require.NoError(t, w.cmd.Start())
-	go func() {
-		_ = w.cmd.Wait()
-		close(w.exited)
-	}()
-	t.Cleanup(func() {
-		select {
-		case <-w.exited:
-		default:
-			_ = w.cmd.Process.Kill()
-			<-w.exited
-		}
-	})
-	require.Eventually(t, func() bool { return strings.Contains(w.stderr.String(), `"msg":"worker started"`) },
-		30*time.Second, 20*time.Millisecond, "worker did not start: %s", w.stderr)
-	return w
-}
-
-// terminate sends SIGTERM and returns the exit code and how long the exit took.
-func (w *workerProc) terminate(t *testing.T) (int, time.Duration) {
-	t.Helper()
-	start := time.Now()
-	require.NoError(t, w.cmd.Process.Signal(syscall.SIGTERM))
-	select {
-	case <-w.exited:
-	case <-time.After(60 * time.Second):
-		t.Fatalf("worker did not exit after SIGTERM: %s", w.stderr)
-	}
-	return w.cmd.ProcessState.ExitCode(), time.Since(start)
-}
 
 // TestSIGTERMRequeuesSlowTaskWithItsAttemptRecorded: a worker process
 // stopped with SIGTERM (SHUTDOWN_TIMEOUT=1s) while a provider call hangs, on

@@ -625,7 +625,7 @@ func (s *Server) enqueueBatch(ctx context.Context, producer, mt string, body []b
 			s.items.WithLabelValues("failed").Inc()
 		}
 		out.Results[res.Index] = res
-	})
+	}, nil)
 	if err != nil {
 		return problemResponse(newProblem(http.StatusServiceUnavailable, "", err.Error()))
 	}

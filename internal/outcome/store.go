@@ -47,6 +47,12 @@ func NewStore(c redis.UniversalClient, retention time.Duration) *Store {
 // a task replayed from the dashboard keeps its ID, and once it runs again it
 // is no longer dead.
 func (s *Store) Record(ctx context.Context, a Attempt, dead *DeadLetter) error {
+	return s.RecordWithResult(ctx, a, dead, nil)
+}
+
+// RecordWithResult is Record plus, when result is not nil, the task's asynq
+// result (what its ResultWriter would write), in the same round trip.
+func (s *Store) RecordWithResult(ctx context.Context, a Attempt, dead *DeadLetter, result []byte) error {
 	b, err := json.Marshal(a)
 	if err != nil {
 		return fmt.Errorf("outcome: encode attempt: %w", err)
@@ -59,7 +65,12 @@ func (s *Store) Record(ctx context.Context, a Attempt, dead *DeadLetter) error {
 		}
 		w.DiedAt = dead.LastFailedAt
 	}
-	err = s.rdb.RecordAttempt(ctx, w, rdb.RecordLimits{Retention: s.retention, StreamMax: s.streamMax, AttemptsMax: MaxAttemptsKept})
+	limits := rdb.RecordLimits{Retention: s.retention, StreamMax: s.streamMax, AttemptsMax: MaxAttemptsKept}
+	if result != nil {
+		err = s.rdb.RecordAttemptWithResult(ctx, w, limits, a.Queue, result)
+	} else {
+		err = s.rdb.RecordAttempt(ctx, w, limits)
+	}
 	if err != nil {
 		return fmt.Errorf("outcome: record attempt: %w", err)
 	}

@@ -61,7 +61,9 @@ func AsynqArchivedKey(queue string) string { return "asynq:{" + queue + "}:archi
 
 // AsynqTaskKey is asynq's hash of one task (internal/base.TaskKey in asynq
 // v0.26.0), present in every state from enqueue until the task is deleted.
-// Read only; TestTaskKeyMatchesAsynq (internal/tasks) pins it against asynq.
+// certmail only reads it, and writes its "result" field exactly as asynq's
+// ResultWriter does (RecordAttemptWithResult); TestTaskKeyMatchesAsynq
+// (internal/tasks) pins it against asynq.
 func AsynqTaskKey(queue, id string) string { return "asynq:{" + queue + "}:t:" + id }
 
 // SlotsKey is the in-flight cap's semaphore for one credential of a

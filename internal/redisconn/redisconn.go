@@ -395,6 +395,11 @@ func Connect(ctx context.Context, raw string, timeout time.Duration) (redis.Univ
 	if err != nil {
 		return nil, err
 	}
+	return c.connect(ctx, raw, timeout)
+}
+
+// connect builds c's client and pings it within timeout.
+func (c *Conn) connect(ctx context.Context, raw string, timeout time.Duration) (redis.UniversalClient, error) {
 	rdb := c.NewClient()
 	pctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()

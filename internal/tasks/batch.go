@@ -30,41 +30,77 @@ type BatchResult struct {
 	Err       error // a *FieldError, a decode error or the Enqueue error
 }
 
+// batchChunk is the most items one request to Redis carries the dedup
+// marks of (enqueueChunk): items already read are enqueued together, so a
+// file goes in chunks while a slow pipe still goes item by item.
+const batchChunk = 32
+
 // EnqueueBatch decodes and enqueues every item that items yields, with up
 // to concurrency requests in flight, and hands results to emit in input
 // order as soon as each is known. Valid items are enqueued even when others
 // are bad. It is the engine of `enqueue batch` and of the HTTP API's
 // POST /v1/resends:batch, so that both apply one rule set. items returns
 // the error that stopped reading, if any; EnqueueBatch returns it wrapped.
-func (e *Enqueuer) EnqueueBatch(ctx context.Context, opts Options, items func(yield func(BatchItem) bool) error, concurrency int, emit func(BatchResult)) (failed int, err error) {
+//
+// Each request takes the items already read, up to batchChunk, and sets
+// their dedup marks in one round trip (enqueueChunk); an item with options
+// of its own goes alone. idle, if not nil, is called before waiting for a
+// result that is not there yet (`enqueue batch` flushes its output then).
+func (e *Enqueuer) EnqueueBatch(ctx context.Context, opts Options, items func(yield func(BatchItem) bool) error, concurrency int, emit func(BatchResult), idle func()) (failed int, err error) {
 	concurrency = max(concurrency, 1)
 	type job struct {
 		item BatchItem
 		out  chan BatchResult
 	}
-	jobs := make(chan job)
-	order := make(chan chan BatchResult, 4*concurrency)
+	jobs := make(chan job, batchChunk*concurrency)
+	order := make(chan chan BatchResult, 4*concurrency*batchChunk)
 	var wg sync.WaitGroup
 	for range concurrency {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			for j := range jobs {
-				r := BatchResult{N: j.item.N, Err: j.item.Err}
-				if r.Err == nil {
-					p, err := DecodeLine(j.item.Line)
-					if err == nil {
-						o := opts
-						if j.item.Opts != nil {
-							o = *j.item.Opts
+				chunk := []job{j}
+			more:
+				for len(chunk) < batchChunk && j.item.Opts == nil {
+					select {
+					case next, ok := <-jobs:
+						if !ok {
+							break more
 						}
-						var res Enqueued
-						res, err = e.Enqueue(ctx, p, o)
-						r.ID, r.Duplicate = res.ID, res.Duplicate
+						chunk = append(chunk, next)
+						if next.item.Opts != nil {
+							break more
+						}
+					default:
+						break more
 					}
-					r.Err = err
 				}
-				j.out <- r
+				rs := make([]BatchResult, len(chunk))
+				ps := make([]Payload, len(chunk))
+				for k, j := range chunk {
+					rs[k] = BatchResult{N: j.item.N, Err: j.item.Err}
+					if rs[k].Err != nil {
+						continue
+					}
+					p, err := DecodeLine(j.item.Line)
+					switch {
+					case err != nil:
+						rs[k].Err = err
+					case j.item.Opts != nil:
+						res, err := e.Enqueue(ctx, p, *j.item.Opts)
+						rs[k].ID, rs[k].Duplicate, rs[k].Err = res.ID, res.Duplicate, err
+					default:
+						ps[k] = p
+					}
+				}
+				res, errs := e.enqueueChunk(ctx, ps, opts)
+				for k, j := range chunk {
+					if ps[k] != nil {
+						rs[k].ID, rs[k].Duplicate, rs[k].Err = res[k].ID, res[k].Duplicate, errs[k]
+					}
+					j.out <- rs[k]
+				}
 			}
 		}()
 	}
@@ -88,7 +124,15 @@ func (e *Enqueuer) EnqueueBatch(ctx context.Context, opts Options, items func(yi
 	}()
 	var nFailed atomic.Int64
 	for out := range order {
-		r := <-out
+		var r BatchResult
+		select {
+		case r = <-out:
+		default:
+			if idle != nil {
+				idle()
+			}
+			r = <-out
+		}
 		if r.Err != nil {
 			nFailed.Add(1)
 		}

@@ -76,10 +76,12 @@
 //     function: [providers.Describe] gives success, transient,
 //     rate_limited, permanent, configuration; docs/providers.md §1 and the
 //     tables in docs/opensrs.md §6, docs/digicert.md §4);
-//  5. records the attempt (Handler.finish → outcome.Store.Record: the
-//     attempt list, the outcomes stream, the success mark, the claim's
-//     release, and on every path where asynq will archive, the dead letter
-//     in the same round trip);
+//  5. records the attempt (Handler.finish → outcome.Store.RecordWithResult:
+//     the attempt list, the outcomes stream, the success mark, the claim's
+//     release, a completed task's asynq result, and on every path where
+//     asynq will archive, the dead letter, in the same round trip; a
+//     success Redis failed to record is retried while Redis comes back,
+//     Handler.retrySuccessRecord);
 //  6. returns what tells asynq what to do next: nil (completed, result
 //     written), a plain error (retry after [RetryPolicy.RetryDelay], budget
 //     spent), a [RateLimitError] (retry after its RetryIn; [IsFailure] keeps

@@ -272,20 +272,40 @@ func (e *Enqueuer) Enqueue(ctx context.Context, p Payload, o Options) (Enqueued,
 	if err != nil {
 		return Enqueued{}, err
 	}
-	queue := string(p.Provider())
+	return e.enqueueTask(ctx, p, task, string(p.Provider()), id, o, nil)
+}
+
+// presetMark is a dedup mark EnqueueBatch has already set for a task.
+type presetMark struct {
+	hash, mark string
+	setAt      time.Time
+}
+
+// enqueueTask is Enqueue once task id is built: take its dedup mark (unless
+// pre holds it already set), enqueue, settle.
+func (e *Enqueuer) enqueueTask(ctx context.Context, p Payload, task *asynq.Task, queue, id string, o Options, pre *presetMark) (Enqueued, error) {
 	if o.DedupWindow == 0 {
 		if err := e.enqueue(ctx, task, queue, id); err != nil {
 			return Enqueued{}, err
 		}
 		return Enqueued{ID: id}, nil
 	}
-	hash, err := requestHash(p, task)
-	if err != nil {
-		return Enqueued{}, err
-	}
-	mark, setAt, dup, err := e.takeMark(ctx, hash, id, queue, o.DedupWindow)
-	if err != nil || dup.ID != "" {
-		return dup, err
+	var (
+		hash, mark string
+		setAt      time.Time
+	)
+	if pre != nil {
+		hash, mark, setAt = pre.hash, pre.mark, pre.setAt
+	} else {
+		var dup Enqueued
+		var err error
+		if hash, err = requestHash(p, task); err != nil {
+			return Enqueued{}, err
+		}
+		mark, setAt, dup, err = e.takeMark(ctx, hash, id, queue, o.DedupWindow)
+		if err != nil || dup.ID != "" {
+			return dup, err
+		}
 	}
 	// The deadline counts from the mark, so that DedupGrace safely exceeds
 	// the whole call.
@@ -293,9 +313,14 @@ func (e *Enqueuer) Enqueue(ctx context.Context, p Payload, o Options) (Enqueued,
 	defer cancel()
 	if err := ectx.Err(); err != nil { // nothing sent yet: give the mark back
 		_ = e.rdb.ReleaseDedupMark(context.WithoutCancel(ctx), hash, mark)
+		if pre != nil && ctx.Err() == nil {
+			// A batch's mark aged past the call limit while the tasks
+			// before it were enqueued: start again with a fresh mark.
+			return e.enqueueTask(ctx, p, task, queue, id, o, nil)
+		}
 		return Enqueued{}, err
 	}
-	err = e.enqueue(ectx, task, queue, id)
+	err := e.enqueue(ectx, task, queue, id)
 	var refused *refusedError
 	if errors.As(err, &refused) {
 		bg, cancelBg := context.WithTimeout(context.WithoutCancel(ctx), checkTimeout)
@@ -308,6 +333,65 @@ func (e *Enqueuer) Enqueue(ctx context.Context, p Payload, o Options) (Enqueued,
 		return Enqueued{}, err
 	}
 	return Enqueued{ID: id}, nil
+}
+
+// enqueueChunk enqueues each of ps with the same options and answers as
+// Enqueue would, in order (a nil payload gets the zero Enqueued and no
+// error, for the caller to skip). The dedup marks of the whole batch are
+// set in one pipelined round trip instead of one each; a payload whose mark
+// could not be set there (an identical request holds it, or the reply was
+// lost) takes Enqueue's own path, so duplicates, marks to wait for or take
+// over, and uncertain outcomes are settled exactly as by Enqueue. The tasks
+// are enqueued one after the other in order, so a line repeated within the
+// batch finds its first occurrence's task and is its duplicate.
+func (e *Enqueuer) enqueueChunk(ctx context.Context, ps []Payload, o Options) ([]Enqueued, []error) {
+	res, errs := make([]Enqueued, len(ps)), make([]error, len(ps))
+	type item struct {
+		i       int
+		task    *asynq.Task
+		queue   string
+		p       Payload
+		id      string
+		hash    string
+		preMark *presetMark
+	}
+	items := make([]item, 0, len(ps))
+	for i, p := range ps {
+		if p == nil {
+			continue
+		}
+		id := uuid.NewString()
+		task, err := NewTask(p, o, id)
+		if err != nil {
+			errs[i] = err
+			continue
+		}
+		var hash string
+		if o.DedupWindow > 0 {
+			if hash, err = requestHash(p, task); err != nil {
+				errs[i] = err
+				continue
+			}
+		}
+		items = append(items, item{i: i, task: task, queue: string(p.Provider()), p: p, id: id, hash: hash})
+	}
+	if o.DedupWindow > 0 && len(items) > 1 {
+		setAt := e.now()
+		hashes, values := make([]string, len(items)), make([]string, len(items))
+		for k := range items {
+			hashes[k], values[k] = items[k].hash, markValue(items[k].id, setAt)
+		}
+		set, _ := e.rdb.SetDedupMarks(ctx, hashes, values, o.DedupWindow)
+		for k := range items {
+			if set[k] {
+				items[k].preMark = &presetMark{hash: hashes[k], mark: values[k], setAt: setAt}
+			}
+		}
+	}
+	for _, it := range items {
+		res[it.i], errs[it.i] = e.enqueueTask(ctx, it.p, it.task, it.queue, it.id, o, it.preMark)
+	}
+	return res, errs
 }
 
 // refusedError is Redis refusing an enqueue: nothing was enqueued.

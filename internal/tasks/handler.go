@@ -26,6 +26,13 @@ type Recorder interface {
 	Claim(ctx context.Context, taskID, token string, ttl time.Duration) (outcome.ClaimState, time.Time, time.Duration, error)
 }
 
+// resultRecorder is a Recorder that also stores the task's asynq result in
+// the attempt's own round trip (*outcome.Store does); with any other
+// Recorder the result goes through asynq's ResultWriter first.
+type resultRecorder interface {
+	RecordWithResult(ctx context.Context, a outcome.Attempt, dead *outcome.DeadLetter, result []byte) error
+}
+
 // Observer receives every attempt for metrics; it may be nil.
 type Observer interface {
 	ObserveAttempt(provider string, o outcome.Outcome, providerLatency time.Duration)
@@ -62,6 +69,31 @@ type Handler struct {
 // detached from the task's, so that an attempt interrupted by a shutdown or
 // a deadline is still recorded and its claim released.
 const RecordTimeout = 5 * time.Second
+
+// SuccessRecordTimeout bounds the retries of a success's record when Redis
+// fails it (a restart, a failover): each further try is bounded by
+// RecordTimeout, and they stop at once when the worker shuts down.
+const SuccessRecordTimeout = 30 * time.Second
+
+// retrySuccessRecord retries record every 250 ms (doubling to 2 s) until it
+// succeeds, SuccessRecordTimeout passes or the worker stops; it returns the
+// last error.
+func (h *Handler) retrySuccessRecord(ctx context.Context, taskID string, record func(context.Context) error, err error) error {
+	deadline := time.Now().Add(SuccessRecordTimeout)
+	wait := 250 * time.Millisecond
+	for time.Now().Before(deadline) && !h.stopping.Load() {
+		time.Sleep(wait)
+		wait = min(2*wait, 2*time.Second)
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), min(RecordTimeout, time.Until(deadline)))
+		err = record(rctx)
+		cancel()
+		if err == nil {
+			h.Logger.WarnContext(ctx, "success recorded after Redis came back", "task_id", redact.Emails(taskID))
+			return nil
+		}
+	}
+	return err
+}
 
 // Stopping tells the handler that the worker is shutting down; call it
 // before asynq's Server.Shutdown. Attempts interrupted from then on are
@@ -175,7 +207,7 @@ func (h *Handler) ProcessTask(ctx context.Context, t *asynq.Task) (err error) {
 		// Delivered once already (a crash or lease loss came between the
 		// provider's answer and asynq's ack): do not email twice.
 		at.rec.ProviderMessage = "already resent at " + doneAt.UTC().Format(time.RFC3339) + "; duplicate delivery suppressed"
-		h.writeResult(ctx, t, Result{Provider: at.rec.Provider, OrderID: at.rec.OrderID, Reference: at.rec.Reference, Attempt: at.rec.Attempt,
+		at.result = h.encodeResult(Result{Provider: at.rec.Provider, OrderID: at.rec.OrderID, Reference: at.rec.Reference, Attempt: at.rec.Attempt,
 			ProviderMessage: at.rec.ProviderMessage, Duplicate: true, CompletedAt: h.now()})
 		return h.settle(ctx, at, stepCall, nil, 0)
 	}
@@ -185,7 +217,7 @@ func (h *Handler) ProcessTask(ctx context.Context, t *asynq.Task) (err error) {
 	latency := h.now().Sub(callStart)
 	if err == nil {
 		at.rec.HTTPStatus, at.rec.ProviderCode, at.rec.ProviderMessage = res.StatusCode, res.Code, redact.Emails(res.Message)
-		h.writeResult(ctx, t, Result{Provider: at.rec.Provider, OrderID: at.rec.OrderID, Reference: at.rec.Reference, Attempt: at.rec.Attempt,
+		at.result = h.encodeResult(Result{Provider: at.rec.Provider, OrderID: at.rec.OrderID, Reference: at.rec.Reference, Attempt: at.rec.Attempt,
 			HTTPStatus: res.StatusCode, ProviderCode: res.Code, ProviderMessage: at.rec.ProviderMessage, CompletedAt: h.now()})
 	}
 	return h.settle(ctx, at, stepCall, err, latency)
@@ -200,6 +232,9 @@ type attempt struct {
 	payload           Payload
 	decodeErr         error
 	rec               outcome.Attempt
+	// result is the encoded Result of a completed task, stored with the
+	// attempt's record (nil otherwise).
+	result []byte
 }
 
 // last reports whether asynq archives the task if this attempt fails.
@@ -246,7 +281,7 @@ func (h *Handler) settle(ctx context.Context, at *attempt, s step, err error, la
 			LastError: redact.Emails(dec.Error), LastFailedAt: h.now(), Class: dec.DeadLetter, Source: "handler",
 		}
 	}
-	h.finish(ctx, at.start, a, dead, latency)
+	h.finish(ctx, at, dead, latency)
 	return dec.Return
 }
 
@@ -314,11 +349,17 @@ func (h *Handler) callContext(ctx context.Context) (context.Context, context.Can
 	return context.WithTimeout(ctx, timeout)
 }
 
-func (h *Handler) writeResult(ctx context.Context, t *asynq.Task, res Result) {
+func (h *Handler) encodeResult(res Result) []byte {
 	b, err := json.Marshal(res)
 	if err != nil {
-		return
+		return nil
 	}
+	return b
+}
+
+// writeResult stores a completed task's result through asynq's
+// ResultWriter, for a Recorder that cannot store it with the attempt.
+func (h *Handler) writeResult(ctx context.Context, t *asynq.Task, b []byte) {
 	if w := t.ResultWriter(); w != nil {
 		if _, err := w.Write(b); err != nil {
 			h.Logger.WarnContext(ctx, "could not store task result", "error", err.Error())
@@ -326,13 +367,31 @@ func (h *Handler) writeResult(ctx context.Context, t *asynq.Task, res Result) {
 	}
 }
 
-// finish records the attempt (even when the task's context has ended),
-// reports it to the observer and logs it.
-func (h *Handler) finish(ctx context.Context, start time.Time, a *outcome.Attempt, dead *outcome.DeadLetter, latency time.Duration) {
-	a.DurationMS = float64(h.now().Sub(start).Microseconds()) / 1000
+// finish records the attempt, with the task's result when it completed
+// (even when the task's context has ended), reports it to the observer and
+// logs it.
+func (h *Handler) finish(ctx context.Context, at *attempt, dead *outcome.DeadLetter, latency time.Duration) {
+	a := &at.rec
+	a.DurationMS = float64(h.now().Sub(at.start).Microseconds()) / 1000
 	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), RecordTimeout)
 	defer cancel()
-	recErr := h.Recorder.Record(rctx, *a, dead)
+	record := func(rctx context.Context) error {
+		if rr, ok := h.Recorder.(resultRecorder); ok && at.result != nil {
+			return rr.RecordWithResult(rctx, *a, dead, at.result)
+		}
+		if at.result != nil {
+			h.writeResult(rctx, at.task, at.result)
+		}
+		return h.Recorder.Record(rctx, *a, dead)
+	}
+	recErr := record(rctx)
+	if recErr != nil && a.Outcome == outcome.Succeeded && !h.stopping.Load() {
+		// The provider accepted the request but Redis did not take the
+		// success mark (restarting, failing over): without it asynq's
+		// redelivery of this task would send the email again. Keep trying
+		// while Redis comes back, within SuccessRecordTimeout.
+		recErr = h.retrySuccessRecord(ctx, a.TaskID, record, recErr)
+	}
 	if h.Observer != nil {
 		h.Observer.ObserveAttempt(a.Provider, a.Outcome, latency)
 	}

@@ -752,3 +752,51 @@ func TestHandlerConcurrentDelivery(t *testing.T) {
 		})
 	}
 }
+
+// recordFailing is a Recorder whose first records fail, as while Redis
+// restarts.
+type recordFailing struct {
+	Recorder
+	mu    sync.Mutex
+	fails int
+}
+
+func (r *recordFailing) Record(ctx context.Context, a outcome.Attempt, dead *outcome.DeadLetter) error {
+	r.mu.Lock()
+	fail := r.fails > 0
+	if fail {
+		r.fails--
+	}
+	r.mu.Unlock()
+	if fail {
+		return errors.New("outcome: record attempt: dial tcp: connection refused")
+	}
+	return r.Recorder.Record(ctx, a, dead)
+}
+
+// TestHandlerSuccessRecordRetriedWhileRedisIsAway: the provider accepted the
+// request but the first two records of the success failed (Redis
+// restarting): the handler tries again until the success mark is written,
+// so a redelivery of the task would not send the email again. It used to
+// give up after one failed record and leave no mark.
+func TestHandlerSuccessRecordRetriedWhileRedisIsAway(t *testing.T) {
+	t.Parallel()
+	redistest.Each(t, func(t *testing.T, b redistest.Backend) {
+		hb := setupHandler(t, b, func(context.Context, int, providers.Request) (providers.Result, error) {
+			return providers.Result{Provider: providers.OpenSRS, StatusCode: 200, Code: "200", Message: "Email sent"}, nil
+		})
+		hb.handler.Recorder = &recordFailing{Recorder: hb.store, fails: 2}
+		hb.start(t)
+		e, err := hb.enq.Enqueue(t.Context(), NewOpenSRSPayload("7001", "", false), handlerOptions(3))
+		require.NoError(t, err)
+
+		info := hb.waitFinal(t, QueueOpenSRS, e.ID)
+		require.Equal(t, asynq.TaskStateCompleted, info.State)
+		_, done, err := hb.store.SucceededAt(t.Context(), e.ID)
+		require.NoError(t, err)
+		require.True(t, done, "the success mark is written once Redis takes it")
+		outs, _ := outcomesOf(hb.attempts(t, e.ID))
+		require.Equal(t, []outcome.Outcome{outcome.Succeeded}, outs)
+		require.Len(t, hb.resender.Calls(), 1)
+	})
+}

@@ -125,7 +125,7 @@ func TestEnqueueBatchItemOptions(t *testing.T) {
 			}
 		}
 		return nil
-	}, 2, func(r BatchResult) { results = append(results, r) })
+	}, 2, func(r BatchResult) { results = append(results, r) }, nil)
 	require.NoError(t, err)
 	require.Equal(t, 1, failed)
 	require.Len(t, results, 3)

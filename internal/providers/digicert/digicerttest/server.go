@@ -54,6 +54,11 @@ type Behavior struct {
 	ErrorMessage      string        // ... and message (sensible default per code if empty)
 	Delay             time.Duration // wait before answering (respecting request ctx / server close)
 	Hang              bool          // never answer until the client gives up or the server closes
+	// Resets: the first N requests for the order (counted apart from the
+	// phases, before anything else) are read whole, then their connection is
+	// reset (RST) without an answer. Hangs: the next N hang as with Hang.
+	Resets int
+	Hangs  int
 }
 
 // ApprovalEmail is one decoded domain_approval_emails entry.
@@ -105,6 +110,7 @@ type Server struct {
 	def       Behavior
 	phase     map[string]int // order → requests that reached the behavior stage
 	counts    map[string]int // order → all requests routed to the order
+	pre       map[string]int // order → requests counted for Resets and Hangs
 	requests  []*Request
 }
 
@@ -144,6 +150,7 @@ func newServer(apiKey string) *Server {
 		behaviors: make(map[string]Behavior),
 		phase:     make(map[string]int),
 		counts:    make(map[string]int),
+		pre:       make(map[string]int),
 	}
 }
 
@@ -160,6 +167,7 @@ func (s *Server) SetBehavior(orderID string, b Behavior) {
 	defer s.mu.Unlock()
 	s.behaviors[orderID] = b
 	delete(s.phase, orderID)
+	delete(s.pre, orderID)
 }
 
 // SetDefault scripts the answers for orders without their own behavior and
@@ -253,11 +261,21 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
 	s.mu.Lock()
 	s.requests = append(s.requests, rec)
 	var b Behavior
+	k := 0
 	if routed {
 		s.counts[orderID]++
 		b = s.behaviorLocked(orderID)
+		k = s.pre[orderID]
+		s.pre[orderID] = k + 1
 	}
 	s.mu.Unlock()
+	if routed && k < b.Resets {
+		resetConn(w)
+		return
+	}
+	if routed && k < b.Resets+b.Hangs {
+		b.Hang = true
+	}
 
 	answer := func(status int, items ...ErrorItem) {
 		s.mu.Lock()
@@ -443,4 +461,21 @@ func writeReply(w http.ResponseWriter, status int, items []ErrorItem) {
 	w.Header().Set("Content-Length", strconv.Itoa(len(body)))
 	w.WriteHeader(status)
 	_, _ = w.Write(body)
+}
+
+// resetConn drops the request's connection with a TCP reset (SO_LINGER 0),
+// sending nothing.
+func resetConn(w http.ResponseWriter) {
+	hj, ok := w.(http.Hijacker)
+	if !ok {
+		panic(http.ErrAbortHandler)
+	}
+	conn, _, err := hj.Hijack()
+	if err != nil {
+		panic(http.ErrAbortHandler)
+	}
+	if tc, ok := conn.(*net.TCPConn); ok {
+		_ = tc.SetLinger(0)
+	}
+	_ = conn.Close()
 }

@@ -53,6 +53,13 @@ type Behavior struct {
 	// IPNotAllowed answers with a bare XML body and no HTTP status line, on
 	// a hijacked connection, like OpenSRS to callers outside its allow list.
 	IPNotAllowed bool
+	// Resets: the first N requests of the order (counted apart from the
+	// phases above, before anything else) are read whole, then their
+	// connection is reset (RST) without an answer: a provider or a network
+	// that drops the request after it arrived.
+	Resets int
+	// Hangs: the next N requests hang as with Hang; later ones go on.
+	Hangs int
 }
 
 // Outcome is what the simulator answered to one request.
@@ -94,6 +101,7 @@ type Server struct {
 	behaviors map[string]Behavior
 	def       Behavior
 	seq       map[string]int // per order: authenticated, valid requests so far
+	pre       map[string]int // per order: requests counted for Resets and Hangs
 	requests  []Request
 	load      Load      // requests in flight, measured by the server itself
 	changed   time.Time // when the number in flight last changed
@@ -165,6 +173,7 @@ func newServer(username, apiKey string) *Server {
 		closing:   make(chan struct{}),
 		behaviors: map[string]Behavior{},
 		seq:       map[string]int{},
+		pre:       map[string]int{},
 	}
 }
 
@@ -181,6 +190,7 @@ func (s *Server) SetBehavior(orderID string, b Behavior) {
 	defer s.mu.Unlock()
 	s.behaviors[orderID] = b
 	delete(s.seq, orderID)
+	delete(s.pre, orderID)
 }
 
 // SetDefault scripts the answers for orders without their own Behavior; the
@@ -295,7 +305,19 @@ func (s *Server) handle(w http.ResponseWriter, r *http.Request) {
 	if !ok || parseErr != nil {
 		b = s.def
 	}
+	k := s.pre[rec.OrderID]
+	s.pre[rec.OrderID] = k + 1
 	s.mu.Unlock()
+	if k < b.Resets {
+		s.mu.Lock()
+		s.requests[idx].Outcome = reset
+		s.mu.Unlock()
+		resetConn(w)
+		return
+	}
+	if k < b.Resets+b.Hangs {
+		b.Hang = true
+	}
 	out := s.answer(w, r, body, readErr, env, parseErr, b)
 	s.mu.Lock()
 	s.requests[idx].Outcome = out
@@ -307,8 +329,26 @@ func (s *Server) handle(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
+// resetConn drops the request's connection with a TCP reset (SO_LINGER 0),
+// sending nothing.
+func resetConn(w http.ResponseWriter) {
+	hj, ok := w.(http.Hijacker)
+	if !ok {
+		panic(http.ErrAbortHandler)
+	}
+	conn, _, err := hj.Hijack()
+	if err != nil {
+		panic(http.ErrAbortHandler)
+	}
+	if tc, ok := conn.(*net.TCPConn); ok {
+		_ = tc.SetLinger(0)
+	}
+	_ = conn.Close()
+}
+
 // Outcomes of requests that were never answered.
 var (
+	reset       = Outcome{Text: "connection reset without an answer"}
 	abandoned   = Outcome{Text: "client gave up before the answer"}
 	closedDelay = Outcome{Text: "server closed during delay"}
 	closedHang  = Outcome{Text: "hung until the server closed"}
