@@ -144,6 +144,9 @@ type Service struct {
 	lease time.Duration
 	// enqueue is enq.EnqueueRawID; tests replace it to fail on purpose.
 	enqueue func(ctx context.Context, id, taskType string, payload []byte, o tasks.Options) error
+
+	migrateMu sync.Mutex
+	migrated  bool // the legacy-key migration ran (see migrate)
 }
 
 // New returns a Service over rdb and store. It builds its own asynq
