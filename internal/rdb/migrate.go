@@ -3,6 +3,7 @@ package rdb
 import (
 	"context"
 	"errors"
+	"slices"
 	"strings"
 	"sync"
 
@@ -79,6 +80,10 @@ func (r *Client) MigrateLegacy(ctx context.Context) (Migrated, error) {
 	}
 	mu.Lock()
 	defer mu.Unlock()
+	// SCAN may return a key twice, and a moved record is met again under
+	// its new name.
+	slices.Sort(m.DeadIDs)
+	m.DeadIDs = slices.Compact(m.DeadIDs)
 	return m, err
 }
 
