@@ -30,6 +30,10 @@ const reconcilePageSize = 1000
 // deleted after this sweep listed the archive is never brought back. The
 // worker runs it periodically, cmd/dlq before every command. Tasks archived
 // while it pages may be missed by this run and are caught by the next.
+//
+// The first Reconcile of a Service also moves keys an older certmail wrote
+// under untagged names (outcome.Store.MigrateLegacy, a SCAN), and every run
+// indexes archived tasks' records that have no index entry.
 func (s *Service) Reconcile(ctx context.Context) (added int, err error) {
 	if err := s.migrate(ctx); err != nil {
 		return 0, err
