@@ -124,11 +124,14 @@ func (s *Store) Attempts(ctx context.Context, taskID string) ([]Attempt, error) 
 // whether it added one. The reconciler uses it for tasks that died without
 // passing through the handler (worker crash, lease expiry).
 //
-// One script decides and writes, so that nothing can slip between the check
-// and the write: it adds the record only if there is none, no tombstone
-// says the dead letter was replayed or deleted, and the task is still in its
-// queue's archive. A sweep that listed the archive just before an operator
-// replayed or deleted the task therefore never brings the record back.
+// It adds the record only if the task is still in its queue's archive
+// (read first: asynq's key is in another cluster slot) and then, in one
+// script on the task's own keys, only if there is no record, no tombstone
+// says the dead letter was replayed or deleted, and no success mark says it
+// was run again and succeeded. A sweep that listed the archive just before
+// an operator replayed or deleted the task therefore never brings the
+// record back. The index entry is written after the script (see
+// rdb.Client.AddDead).
 func (s *Store) AddDead(ctx context.Context, d DeadLetter) (bool, error) {
 	b, err := json.Marshal(d)
 	if err != nil {
