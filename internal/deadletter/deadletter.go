@@ -35,15 +35,21 @@
 //  2. Deterministic successor. The task a replay enqueues has the ID
 //     ReplayID(old ID), the same for every replay of that letter. asynq
 //     refuses a second task with an ID it still holds
-//     (asynq.ErrTaskIDConflict), and the claim script also reports whether
-//     that task left any trace after asynq forgot it (attempts, success
-//     mark, its own dead letter or tombstone). So at most one successor is
-//     ever enqueued, whoever enqueues it.
+//     (asynq.ErrTaskIDConflict), and the claim also reports whether that
+//     task left any trace after asynq forgot it (attempts, success mark,
+//     its own dead letter or tombstone), read right after the claim is won:
+//     only a claim holder enqueues it, so an earlier holder's successor is
+//     there by then. So at most one successor is ever enqueued, whoever
+//     enqueues it.
 //
 //  3. Order: claim → delete the archived task → enqueue the successor →
 //     finish. Finish (outcome.FinishDead, one script, only for the claim's
-//     holder) deletes record and index entry and writes the tombstone
-//     rdb.TombKey ("replayed" or "deleted", outcome.TombstoneTTL).
+//     holder) deletes the record and writes the tombstone rdb.TombKey
+//     ("replayed" or "deleted", outcome.TombstoneTTL), then removes the
+//     index entry (another cluster slot: a command of its own; an entry
+//     left behind by a crash is skipped by listings and dropped once the
+//     tombstone is seen, and claims are taken on the record, never on the
+//     index).
 //     Only the caller whose finish succeeds reports the replay, so exactly
 //     one "OLD NEW" line is printed per letter across all processes.
 //
@@ -54,11 +60,15 @@
 //     sent twice. A caller that refuses a letter or fails before the
 //     successor exists releases its claim at once.
 //
-//  5. Sweep. Reconcile adds a record in one script (outcome.AddDead) only
-//     if there is no record, no tombstone, and the task is still in asynq's
-//     archive. A replayed or deleted letter has left the archive before its
-//     record goes, and is tombstoned when it goes, so a sweep that listed
-//     the archive before the replay cannot bring it back.
+//  5. Sweep. Reconcile adds a record (outcome.AddDead) only if the task is
+//     still in asynq's archive and then, in one script, if there is no
+//     record, no tombstone and no success mark. A replayed or deleted
+//     letter has left the archive before its record goes, and is
+//     tombstoned when it goes, so a sweep that listed the archive before
+//     the replay cannot bring it back; a task run again from the dashboard
+//     and succeeded meanwhile has its success mark. The sweep also indexes
+//     records whose index entry was never written (a stop between a
+//     record's script and its index entry).
 //
 //  6. Repeats. go-redis sends a command again when its reply timed out, so
 //     any step may run twice. Each is written to give the same answer the
@@ -144,6 +154,9 @@ type Service struct {
 	lease time.Duration
 	// enqueue is enq.EnqueueRawID; tests replace it to fail on purpose.
 	enqueue func(ctx context.Context, id, taskType string, payload []byte, o tasks.Options) error
+
+	migrateMu sync.Mutex
+	migrated  bool // the legacy-key migration ran (see migrate)
 }
 
 // New returns a Service over rdb and store. It builds its own asynq

@@ -20,7 +20,7 @@ import (
 func TestMain(m *testing.M) { redistest.Main(m) }
 
 type bundle struct {
-	rdb    *redis.Client
+	rdb    redis.UniversalClient
 	store  *outcome.Store
 	svc    *deadletter.Service
 	insp   *asynq.Inspector
@@ -29,7 +29,7 @@ type bundle struct {
 
 func setup(t *testing.T, b redistest.Backend) *bundle {
 	t.Helper()
-	rdb := b.Client(t)
+	rdb := b.Universal(t)
 	store := outcome.NewStore(rdb, 0)
 	bu := &bundle{rdb: rdb, store: store, svc: deadletter.New(rdb, store),
 		insp: asynq.NewInspectorFromRedisClient(rdb), client: asynq.NewClientFromRedisClient(rdb)}
@@ -60,7 +60,7 @@ func (bu *bundle) archive(t *testing.T, queue, id string) {
 
 func TestReconcile(t *testing.T) {
 	t.Parallel()
-	redistest.Each(t, func(t *testing.T, b redistest.Backend) {
+	redistest.EachWithCluster(t, func(t *testing.T, b redistest.Backend) {
 		t.Parallel()
 		bu := setup(t, b)
 		ctx := t.Context()
@@ -166,7 +166,7 @@ func seed(t *testing.T, bu *bundle) (permanent, invalid, crashed string) {
 
 func TestList(t *testing.T) {
 	t.Parallel()
-	redistest.Each(t, func(t *testing.T, b redistest.Backend) {
+	redistest.EachWithCluster(t, func(t *testing.T, b redistest.Backend) {
 		t.Parallel()
 		bu := setup(t, b)
 		permanent, invalid, crashed := seed(t, bu)
@@ -211,7 +211,7 @@ func TestList(t *testing.T) {
 
 func TestShow(t *testing.T) {
 	t.Parallel()
-	redistest.Each(t, func(t *testing.T, b redistest.Backend) {
+	redistest.EachWithCluster(t, func(t *testing.T, b redistest.Backend) {
 		t.Parallel()
 		bu := setup(t, b)
 		permanent, _, crashed := seed(t, bu)
@@ -238,7 +238,7 @@ func TestShow(t *testing.T) {
 
 func TestReplay(t *testing.T) {
 	t.Parallel()
-	redistest.Each(t, func(t *testing.T, b redistest.Backend) {
+	redistest.EachWithCluster(t, func(t *testing.T, b redistest.Backend) {
 		t.Parallel()
 		bu := setup(t, b)
 		permanent, invalid, crashed := seed(t, bu)
@@ -287,7 +287,7 @@ func TestReplay(t *testing.T) {
 
 func TestDelete(t *testing.T) {
 	t.Parallel()
-	redistest.Each(t, func(t *testing.T, b redistest.Backend) {
+	redistest.EachWithCluster(t, func(t *testing.T, b redistest.Backend) {
 		t.Parallel()
 		bu := setup(t, b)
 		permanent, invalid, crashed := seed(t, bu)

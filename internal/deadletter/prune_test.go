@@ -34,7 +34,7 @@ func seedAt(t *testing.T, bu *bundle, n, first int, at time.Time) []string {
 
 func TestPrune(t *testing.T) {
 	t.Parallel()
-	redistest.Each(t, func(t *testing.T, b redistest.Backend) {
+	redistest.EachWithCluster(t, func(t *testing.T, b redistest.Backend) {
 		t.Parallel()
 		bu := setup(t, b)
 		ctx := t.Context()

@@ -39,7 +39,7 @@ func seedMany(t *testing.T, bu *bundle, n int) []string {
 // newService is another operator: its own client and service.
 func newService(t *testing.T, b redistest.Backend) *deadletter.Service {
 	t.Helper()
-	rdb := b.Client(t)
+	rdb := b.Universal(t)
 	svc := deadletter.New(rdb, outcome.NewStore(rdb, 0))
 	t.Cleanup(func() { _ = svc.Close() })
 	return svc
@@ -135,7 +135,7 @@ func TestReplayRacesDeleteAndSweep(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			redistest.Each(t, func(t *testing.T, b redistest.Backend) {
+			redistest.EachWithCluster(t, func(t *testing.T, b redistest.Backend) {
 				bu := setup(t, b)
 				ids := seedMany(t, bu, n)
 				ctx := t.Context()
@@ -257,7 +257,7 @@ func TestReplayAfterCrash(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			redistest.Each(t, func(t *testing.T, b redistest.Backend) {
+			redistest.EachWithCluster(t, func(t *testing.T, b redistest.Backend) {
 				bu := setup(t, b)
 				ctx := t.Context()
 				ids := seedMany(t, bu, 2)

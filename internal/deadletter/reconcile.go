@@ -30,7 +30,14 @@ const reconcilePageSize = 1000
 // deleted after this sweep listed the archive is never brought back. The
 // worker runs it periodically, cmd/dlq before every command. Tasks archived
 // while it pages may be missed by this run and are caught by the next.
+//
+// The first Reconcile of a Service also moves keys an older certmail wrote
+// under untagged names (outcome.Store.MigrateLegacy, a SCAN), and every run
+// indexes archived tasks' records that have no index entry.
 func (s *Service) Reconcile(ctx context.Context) (added int, err error) {
+	if err := s.migrate(ctx); err != nil {
+		return 0, err
+	}
 	for _, q := range tasks.Queues {
 		n, err := s.reconcileQueue(ctx, q)
 		added += n
@@ -69,6 +76,18 @@ func (s *Service) reconcileQueue(ctx context.Context, queue string) (int, error)
 		if err != nil {
 			return added, err
 		}
+		// A record whose index entry was never written (AddDead or the
+		// handler's Record cut short between its steps) is invisible to
+		// listings: index it.
+		var recorded []string
+		for i, id := range ids {
+			if has[i] {
+				recorded = append(recorded, id)
+			}
+		}
+		if _, err := s.store.Reindex(ctx, recorded); err != nil {
+			return added, err
+		}
 		now := s.now()
 		for i, info := range infos {
 			if has[i] || info.ID == "" { // "" is a hash deleted under us
@@ -83,6 +102,23 @@ func (s *Service) reconcileQueue(ctx context.Context, queue string) (int, error)
 			}
 		}
 	}
+}
+
+// migrate runs the store's legacy-key migration (outcome.Store.
+// MigrateLegacy, a SCAN of the keyspace) once per Service: a worker's first
+// sweep, and every dlq command, which builds a Service of its own. A failed
+// run is tried again by the next Reconcile.
+func (s *Service) migrate(ctx context.Context) error {
+	s.migrateMu.Lock()
+	defer s.migrateMu.Unlock()
+	if s.migrated {
+		return nil
+	}
+	if _, _, err := s.store.MigrateLegacy(ctx); err != nil {
+		return fmt.Errorf("deadletter: %w", err)
+	}
+	s.migrated = true
+	return nil
 }
 
 // fromTaskInfo builds the record of a task found in the archive. A task

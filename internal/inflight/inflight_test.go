@@ -54,12 +54,12 @@ func held(t *testing.T, c redis.UniversalClient) int64 {
 // calls in flight at once, and every call is made.
 func TestCapHoldsAcrossWorkers(t *testing.T) {
 	t.Parallel()
-	redistest.Each(t, func(t *testing.T, b redistest.Backend) {
+	redistest.EachWithCluster(t, func(t *testing.T, b redistest.Backend) {
 		var g gauge
 		var wg sync.WaitGroup
 		var failed atomic.Int64
 		for range 3 {
-			r := Wrap(g.resender(15*time.Millisecond), b.Client(t), config(2, 30*time.Second))
+			r := Wrap(g.resender(15*time.Millisecond), b.Universal(t), config(2, 30*time.Second))
 			for range 8 {
 				wg.Add(1)
 				go func() {
@@ -76,7 +76,7 @@ func TestCapHoldsAcrossWorkers(t *testing.T) {
 		require.Zero(t, failed.Load())
 		require.Equal(t, int64(72), g.calls.Load())
 		require.Equal(t, int64(2), g.most.Load(), "the cap was reached and never passed")
-		require.Zero(t, held(t, b.Client(t)), "every slot was given back")
+		require.Zero(t, held(t, b.Universal(t)), "every slot was given back")
 	})
 }
 
@@ -86,8 +86,8 @@ func TestCapHoldsAcrossWorkers(t *testing.T) {
 // enough that the in-attempt retry sends it back to the queue.
 func TestFullCapRequeues(t *testing.T) {
 	t.Parallel()
-	redistest.Each(t, func(t *testing.T, b redistest.Backend) {
-		c := b.Client(t)
+	redistest.EachWithCluster(t, func(t *testing.T, b redistest.Backend) {
+		c := b.Universal(t)
 		ok, _, err := rdb.New(c).AcquireSlot(t.Context(), string(providers.OpenSRS), rdb.CredentialHash("user\x00key"), "other", 1, time.Minute)
 		require.NoError(t, err)
 		require.True(t, ok)
@@ -115,8 +115,8 @@ func TestFullCapRequeues(t *testing.T) {
 // be charged as a failure).
 func TestWaitStopsBeforeDeadline(t *testing.T) {
 	t.Parallel()
-	redistest.Each(t, func(t *testing.T, b redistest.Backend) {
-		c := b.Client(t)
+	redistest.EachWithCluster(t, func(t *testing.T, b redistest.Backend) {
+		c := b.Universal(t)
 		_, _, err := rdb.New(c).AcquireSlot(t.Context(), string(providers.OpenSRS), rdb.CredentialHash("user\x00key"), "other", 1, time.Minute)
 		require.NoError(t, err)
 		r := Wrap(resendFunc(func(context.Context, providers.Request) (providers.Result, error) {
@@ -151,8 +151,8 @@ func TestReleasedWhateverTheEnd(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			redistest.Each(t, func(t *testing.T, b redistest.Backend) {
-				c := b.Client(t)
+			redistest.EachWithCluster(t, func(t *testing.T, b redistest.Backend) {
+				c := b.Universal(t)
 				ctx, cancel := context.WithCancel(t.Context())
 				defer cancel()
 				call := tc.call
@@ -212,10 +212,10 @@ func TestNoCapNoWrapper(t *testing.T) {
 // reported as a cancellation.
 func TestDeadlineDuringAcquireRequeues(t *testing.T) {
 	t.Parallel()
-	redistest.Each(t, func(t *testing.T, b redistest.Backend) {
+	redistest.EachWithCluster(t, func(t *testing.T, b redistest.Backend) {
 		r := Wrap(resendFunc(func(context.Context, providers.Request) (providers.Result, error) {
 			return providers.Result{}, errors.New("must not be called")
-		}), b.Client(t), config(1, time.Second))
+		}), b.Universal(t), config(1, time.Second))
 		ctx, cancel := context.WithDeadline(t.Context(), time.Now().Add(-time.Second))
 		defer cancel()
 		_, err := r.Resend(ctx, providers.Request{OrderID: "1"})

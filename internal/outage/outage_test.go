@@ -89,8 +89,8 @@ func outageErr(t *testing.T, err error) *Error {
 // requeue, and from then on no call reaches the provider.
 func TestOpensAfterThresholdAndRefusesWithoutCalling(t *testing.T) {
 	t.Parallel()
-	redistest.Each(t, func(t *testing.T, b redistest.Backend) {
-		c := b.Client(t)
+	redistest.EachWithCluster(t, func(t *testing.T, b redistest.Backend) {
+		c := b.Universal(t)
 		f := &fake{err: err503}
 		r := Wrap(f, c, config(3, time.Hour))
 		for range 2 {
@@ -117,8 +117,8 @@ func TestOpensAfterThresholdAndRefusesWithoutCalling(t *testing.T) {
 // success resets the count.
 func TestCountsOnlyTransientFailures(t *testing.T) {
 	t.Parallel()
-	redistest.Each(t, func(t *testing.T, b redistest.Backend) {
-		c := b.Client(t)
+	redistest.EachWithCluster(t, func(t *testing.T, b redistest.Backend) {
+		c := b.Universal(t)
 		f := &fake{}
 		r := Wrap(f, c, config(3, time.Hour))
 		steps := []struct {
@@ -152,7 +152,7 @@ func TestCountsOnlyTransientFailures(t *testing.T) {
 // transitions are logged once for the fleet.
 func TestOneProbePerIntervalAcrossFleet(t *testing.T) {
 	t.Parallel()
-	redistest.Each(t, func(t *testing.T, b redistest.Backend) {
+	redistest.EachWithCluster(t, func(t *testing.T, b redistest.Backend) {
 		const interval = 2 * time.Second
 		f := &fake{err: err503}
 		var logs syncBuffer
@@ -160,9 +160,9 @@ func TestOneProbePerIntervalAcrossFleet(t *testing.T) {
 		for range 3 {
 			cfg := config(1, interval)
 			cfg.Logger = slog.New(slog.NewJSONHandler(&logs, nil))
-			fleet = append(fleet, Wrap(f, b.Client(t), cfg))
+			fleet = append(fleet, Wrap(f, b.Universal(t), cfg))
 		}
-		c := b.Client(t)
+		c := b.Universal(t)
 		outageErr(t, call(t, fleet[0]))
 		require.True(t, isOpen(t, c))
 		burst := func() (sent int64) {
@@ -212,8 +212,8 @@ func waitProbeDue(interval time.Duration) { time.Sleep(interval + 100*time.Milli
 // its task; other calls are sent back.
 func TestLastAttemptWaitsForTheProbe(t *testing.T) {
 	t.Parallel()
-	redistest.Each(t, func(t *testing.T, b redistest.Backend) {
-		c := b.Client(t)
+	redistest.EachWithCluster(t, func(t *testing.T, b redistest.Backend) {
+		c := b.Universal(t)
 		f := &fake{err: err503}
 		cfg := config(1, 500*time.Millisecond)
 		r := Wrap(f, c, cfg)

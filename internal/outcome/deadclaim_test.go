@@ -22,7 +22,7 @@ func TestStoreClaimDeadOneWinnerPerID(t *testing.T) {
 		letters = 200
 		racers  = 8
 	)
-	redistest.Each(t, func(t *testing.T, b redistest.Backend) {
+	redistest.EachWithCluster(t, func(t *testing.T, b redistest.Backend) {
 		sb := setupStore(t, b)
 		ctx := t.Context()
 		ids := make([]string, letters)
@@ -82,7 +82,7 @@ func assertNoError(t *testing.T, err error) bool {
 
 func TestStoreClaimDeadLifecycle(t *testing.T) {
 	t.Parallel()
-	redistest.Each(t, func(t *testing.T, b redistest.Backend) {
+	redistest.EachWithCluster(t, func(t *testing.T, b redistest.Backend) {
 		sb := setupStore(t, b)
 		ctx := t.Context()
 		const id = "x"
@@ -173,7 +173,7 @@ func TestStoreClaimDeadLifecycle(t *testing.T) {
 
 func TestStoreClaimDeadLeaseExpires(t *testing.T) {
 	t.Parallel()
-	redistest.Each(t, func(t *testing.T, b redistest.Backend) {
+	redistest.EachWithCluster(t, func(t *testing.T, b redistest.Backend) {
 		sb := setupStore(t, b)
 		ctx := t.Context()
 		const id = "crashed"
@@ -206,7 +206,7 @@ func TestStoreClaimDeadLeaseExpires(t *testing.T) {
 // finished by that owner; once another caller took it, not any more.
 func TestStoreClaimDeadLapsedUntaken(t *testing.T) {
 	t.Parallel()
-	redistest.Each(t, func(t *testing.T, b redistest.Backend) {
+	redistest.EachWithCluster(t, func(t *testing.T, b redistest.Backend) {
 		sb := setupStore(t, b)
 		ctx := t.Context()
 		for _, id := range []string{"renewed", "finished"} {
@@ -220,8 +220,10 @@ func TestStoreClaimDeadLapsedUntaken(t *testing.T) {
 			b.Mini.FastForward(time.Second)
 		}
 		require.Eventually(t, func() bool {
-			n, err := sb.rdb.Exists(ctx, deadClaimKey("renewed"), deadClaimKey("finished")).Result()
-			return err == nil && n == 0
+			// One EXISTS per key: the two IDs are in different cluster slots.
+			a, err1 := sb.rdb.Exists(ctx, deadClaimKey("renewed")).Result()
+			b, err2 := sb.rdb.Exists(ctx, deadClaimKey("finished")).Result()
+			return err1 == nil && err2 == nil && a+b == 0
 		}, 10*time.Second, 50*time.Millisecond, "claims lapse")
 
 		ok, err := sb.store.RenewDead(ctx, "renewed", OpReplay, "slow", time.Minute)
@@ -271,7 +273,7 @@ func TestStoreClaimDeadSuccessorSeen(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			redistest.Each(t, func(t *testing.T, b redistest.Backend) {
+			redistest.EachWithCluster(t, func(t *testing.T, b redistest.Backend) {
 				sb := setupStore(t, b)
 				ctx := t.Context()
 				d := deadLetter("x", t0, "permanent")
@@ -288,7 +290,7 @@ func TestStoreClaimDeadSuccessorSeen(t *testing.T) {
 
 func TestStoreAddDeadOnlyWhileArchived(t *testing.T) {
 	t.Parallel()
-	redistest.Each(t, func(t *testing.T, b redistest.Backend) {
+	redistest.EachWithCluster(t, func(t *testing.T, b redistest.Backend) {
 		sb := setupStore(t, b)
 		ctx := t.Context()
 

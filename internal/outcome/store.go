@@ -135,11 +135,14 @@ func (s *Store) Attempts(ctx context.Context, taskID string) ([]Attempt, error) 
 // whether it added one. The reconciler uses it for tasks that died without
 // passing through the handler (worker crash, lease expiry).
 //
-// One script decides and writes, so that nothing can slip between the check
-// and the write: it adds the record only if there is none, no tombstone
-// says the dead letter was replayed or deleted, and the task is still in its
-// queue's archive. A sweep that listed the archive just before an operator
-// replayed or deleted the task therefore never brings the record back.
+// It adds the record only if the task is still in its queue's archive
+// (read first: asynq's key is in another cluster slot) and then, in one
+// script on the task's own keys, only if there is no record, no tombstone
+// says the dead letter was replayed or deleted, and no success mark says it
+// was run again and succeeded. A sweep that listed the archive just before
+// an operator replayed or deleted the task therefore never brings the
+// record back. The index entry is written after the script (see
+// rdb.Client.AddDead).
 func (s *Store) AddDead(ctx context.Context, d DeadLetter) (bool, error) {
 	b, err := json.Marshal(d)
 	if err != nil {
@@ -309,8 +312,10 @@ func (s *Store) deadLetters(ctx context.Context, ids []string) ([]DeadLetter, er
 		return nil, fmt.Errorf("outcome: read dead letters: %w", err)
 	}
 	out := make([]DeadLetter, 0, len(ids))
+	var gone []string
 	for i, rec := range recs {
-		if !found[i] { // index entry without record: deleted concurrently
+		if !found[i] { // index entry without record: deleted concurrently, or a finish cut short
+			gone = append(gone, ids[i])
 			continue
 		}
 		var d DeadLetter
@@ -319,7 +324,62 @@ func (s *Store) deadLetters(ctx context.Context, ids []string) ([]DeadLetter, er
 		}
 		out = append(out, d)
 	}
+	if len(gone) > 0 {
+		// Best effort: the listing is right without it, and the next one
+		// tries again.
+		_, _ = s.rdb.DropDeadIndex(ctx, gone)
+	}
 	return out, nil
+}
+
+// Reindex adds to the dead-letter index every one of ids that has a record
+// but no index entry (a record whose AddDead or Record stopped between its
+// steps: on a Redis Cluster record and index live in different slots), with
+// the record's time of death, and reports how many it added.
+func (s *Store) Reindex(ctx context.Context, ids []string) (int, error) {
+	in, err := s.rdb.DeadIndexed(ctx, ids)
+	if err != nil {
+		return 0, fmt.Errorf("outcome: read dead-letter index: %w", err)
+	}
+	var missing []string
+	for i, id := range ids {
+		if !in[i] {
+			missing = append(missing, id)
+		}
+	}
+	if len(missing) == 0 {
+		return 0, nil
+	}
+	recs, found, err := s.rdb.DeadRecords(ctx, missing)
+	if err != nil {
+		return 0, fmt.Errorf("outcome: read dead letters: %w", err)
+	}
+	n := 0
+	for i, rec := range recs {
+		var d DeadLetter
+		if !found[i] || json.Unmarshal([]byte(rec), &d) != nil {
+			continue // gone meanwhile, or unreadable (listings report it)
+		}
+		if err := s.rdb.IndexDead(ctx, missing[i], d.LastFailedAt); err != nil {
+			return n, fmt.Errorf("outcome: index dead letter: %w", err)
+		}
+		n++
+	}
+	return n, nil
+}
+
+// MigrateLegacy moves the per-task keys written before certmail's keys
+// carried hash tags to their new names (rdb.Client.MigrateLegacy) and
+// indexes every dead-letter record that has no index entry. It SCANs the
+// keyspace: run it once per process. It returns the number of keys moved
+// and of records indexed.
+func (s *Store) MigrateLegacy(ctx context.Context) (moved, indexed int, err error) {
+	m, err := s.rdb.MigrateLegacy(ctx)
+	if err != nil {
+		return m.Moved, 0, fmt.Errorf("outcome: migrate legacy keys: %w", err)
+	}
+	indexed, err = s.Reindex(ctx, m.DeadIDs)
+	return m.Moved, indexed, err
 }
 
 // DeadLetter returns one dead letter.

@@ -16,14 +16,14 @@ import (
 const testRetention = time.Hour
 
 type storeBundle struct {
-	rdb   *redis.Client
+	rdb   redis.UniversalClient
 	store *Store
 	b     redistest.Backend
 }
 
 func setupStore(t *testing.T, b redistest.Backend) *storeBundle {
 	t.Helper()
-	rdb := b.Client(t)
+	rdb := b.Universal(t)
 	return &storeBundle{rdb: rdb, store: NewStore(rdb, testRetention), b: b}
 }
 
@@ -79,7 +79,7 @@ func TestNewStoreDefaults(t *testing.T) {
 
 func TestStoreRecord(t *testing.T) {
 	t.Parallel()
-	redistest.Each(t, func(t *testing.T, b redistest.Backend) {
+	redistest.EachWithCluster(t, func(t *testing.T, b redistest.Backend) {
 		sb := setupStore(t, b)
 		ctx := t.Context()
 		const id = "task-1"
@@ -167,7 +167,7 @@ func TestStoreRecordAfterDeadRevives(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			redistest.Each(t, func(t *testing.T, b redistest.Backend) {
+			redistest.EachWithCluster(t, func(t *testing.T, b redistest.Backend) {
 				sb := setupStore(t, b)
 				ctx := t.Context()
 				const id = "replayed"
@@ -202,7 +202,7 @@ func TestStoreRecordAfterDeadRevives(t *testing.T) {
 
 func TestStoreSucceededAt(t *testing.T) {
 	t.Parallel()
-	redistest.Each(t, func(t *testing.T, b redistest.Backend) {
+	redistest.EachWithCluster(t, func(t *testing.T, b redistest.Backend) {
 		sb := setupStore(t, b)
 		ctx := t.Context()
 
@@ -226,7 +226,7 @@ func TestStoreSucceededAt(t *testing.T) {
 
 func TestStoreAddDead(t *testing.T) {
 	t.Parallel()
-	redistest.Each(t, func(t *testing.T, b redistest.Backend) {
+	redistest.EachWithCluster(t, func(t *testing.T, b redistest.Backend) {
 		sb := setupStore(t, b)
 		ctx := t.Context()
 
@@ -275,7 +275,7 @@ func TestStoreAddDead(t *testing.T) {
 
 func TestStoreDeadLettersAll(t *testing.T) {
 	t.Parallel()
-	redistest.Each(t, func(t *testing.T, b redistest.Backend) {
+	redistest.EachWithCluster(t, func(t *testing.T, b redistest.Backend) {
 		sb := setupStore(t, b)
 		ctx := t.Context()
 		const total = 2500
@@ -332,7 +332,7 @@ func TestStoreDeadLettersAll(t *testing.T) {
 
 func TestStoreDeadLettersSkipsDangling(t *testing.T) {
 	t.Parallel()
-	redistest.Each(t, func(t *testing.T, b redistest.Backend) {
+	redistest.EachWithCluster(t, func(t *testing.T, b redistest.Backend) {
 		sb := setupStore(t, b)
 		ctx := t.Context()
 
@@ -356,7 +356,7 @@ func TestStoreDeadLettersSkipsDangling(t *testing.T) {
 
 func TestStoreDeleteDead(t *testing.T) {
 	t.Parallel()
-	redistest.Each(t, func(t *testing.T, b redistest.Backend) {
+	redistest.EachWithCluster(t, func(t *testing.T, b redistest.Backend) {
 		sb := setupStore(t, b)
 		ctx := t.Context()
 
@@ -391,7 +391,7 @@ func TestStoreDeleteDead(t *testing.T) {
 
 func TestStoreCountDeadEmpty(t *testing.T) {
 	t.Parallel()
-	redistest.Each(t, func(t *testing.T, b redistest.Backend) {
+	redistest.EachWithCluster(t, func(t *testing.T, b redistest.Backend) {
 		sb := setupStore(t, b)
 		n, err := sb.store.CountDead(t.Context())
 		require.NoError(t, err)
@@ -410,7 +410,7 @@ func TestStoreCountDeadEmpty(t *testing.T) {
 
 func TestStoreStream(t *testing.T) {
 	t.Parallel()
-	redistest.Each(t, func(t *testing.T, b redistest.Backend) {
+	redistest.EachWithCluster(t, func(t *testing.T, b redistest.Backend) {
 		sb := setupStore(t, b)
 		ctx := t.Context()
 
@@ -450,7 +450,7 @@ func TestStoreStream(t *testing.T) {
 
 func TestStoreStreamCapped(t *testing.T) {
 	t.Parallel()
-	redistest.Each(t, func(t *testing.T, b redistest.Backend) {
+	redistest.EachWithCluster(t, func(t *testing.T, b redistest.Backend) {
 		sb := setupStore(t, b)
 		sb.store.streamMax = 10
 		for i := range 300 {
@@ -466,7 +466,7 @@ func TestStoreStreamCapped(t *testing.T) {
 
 func TestStoreClaim(t *testing.T) {
 	t.Parallel()
-	redistest.Each(t, func(t *testing.T, b redistest.Backend) {
+	redistest.EachWithCluster(t, func(t *testing.T, b redistest.Backend) {
 		sb := setupStore(t, b)
 		ctx := t.Context()
 
@@ -511,7 +511,7 @@ func TestStoreClaim(t *testing.T) {
 
 func TestStoreClaimExpires(t *testing.T) {
 	t.Parallel()
-	redistest.Each(t, func(t *testing.T, b redistest.Backend) {
+	redistest.EachWithCluster(t, func(t *testing.T, b redistest.Backend) {
 		sb := setupStore(t, b)
 		ctx := t.Context()
 		state, _, _, err := sb.store.Claim(ctx, "c2", "crashed", 300*time.Millisecond)
@@ -533,7 +533,7 @@ func TestStoreClaimExpires(t *testing.T) {
 // bounce without spending its budget; its history must stay bounded.
 func TestStoreRecordCapsAttempts(t *testing.T) {
 	t.Parallel()
-	redistest.Each(t, func(t *testing.T, b redistest.Backend) {
+	redistest.EachWithCluster(t, func(t *testing.T, b redistest.Backend) {
 		sb := setupStore(t, b)
 		ctx := t.Context()
 		const id = "bouncer"

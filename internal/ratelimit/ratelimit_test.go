@@ -68,8 +68,8 @@ func TestWrapWithoutRulesIsTheClient(t *testing.T) {
 // the provider.
 func TestLimitSharedAcrossWorkers(t *testing.T) {
 	t.Parallel()
-	redistest.Each(t, func(t *testing.T, b redistest.Backend) {
-		rdb := b.Client(t)
+	redistest.EachWithCluster(t, func(t *testing.T, b redistest.Backend) {
+		rdb := b.Universal(t)
 		next := &countResender{}
 		rules := []Rule{{N: 4, Per: time.Second}}
 		w1 := Wrap(next, rdb, providers.DigiCert, "the-api-key", rules, 0)
@@ -119,8 +119,8 @@ func TestLimitSharedAcrossWorkers(t *testing.T) {
 // waits for its slot instead of failing, and the steady rate holds.
 func TestShortWaitIsTakenInPlace(t *testing.T) {
 	t.Parallel()
-	redistest.Each(t, func(t *testing.T, b redistest.Backend) {
-		rdb := b.Client(t)
+	redistest.EachWithCluster(t, func(t *testing.T, b redistest.Backend) {
+		rdb := b.Universal(t)
 		next := &countResender{}
 		w := Wrap(next, rdb, providers.OpenSRS, "k", []Rule{{N: 5, Per: time.Second}}, 2*time.Second)
 		start := time.Now()
@@ -153,7 +153,7 @@ func TestShortWaitIsTakenInPlace(t *testing.T) {
 func TestRedisDownIsTransientNotSent(t *testing.T) {
 	t.Parallel()
 	b := redistest.Mini(t)
-	rdb := b.Client(t)
+	rdb := b.Universal(t)
 	b.Mini.Close()
 	next := &countResender{}
 	w := Wrap(next, rdb, providers.DigiCert, "k", []Rule{{N: 5, Per: time.Second}}, time.Second)
@@ -170,8 +170,8 @@ func TestRedisDownIsTransientNotSent(t *testing.T) {
 // its budget untouched instead of timing out as a transient failure.
 func TestWaitPastDeadlineIsARequeue(t *testing.T) {
 	t.Parallel()
-	redistest.Each(t, func(t *testing.T, b redistest.Backend) {
-		rdb := b.Client(t)
+	redistest.EachWithCluster(t, func(t *testing.T, b redistest.Backend) {
+		rdb := b.Universal(t)
 		next := &countResender{}
 		w := Wrap(next, rdb, providers.DigiCert, "k", []Rule{{N: 1, Per: 2 * time.Second}}, time.Minute)
 		_, err := w.Resend(t.Context(), providers.Request{OrderID: "1"})
@@ -197,7 +197,7 @@ func TestWaitPastDeadlineIsARequeue(t *testing.T) {
 func TestCancelWhileWaiting(t *testing.T) {
 	t.Parallel()
 	b := redistest.Mini(t)
-	rdb := b.Client(t)
+	rdb := b.Universal(t)
 	next := &countResender{}
 	w := Wrap(next, rdb, providers.DigiCert, "k", []Rule{{N: 1, Per: 10 * time.Second}}, time.Minute)
 	_, err := w.Resend(t.Context(), providers.Request{OrderID: "1"})
@@ -244,14 +244,14 @@ func maxInWindow(times []time.Time, per time.Duration) int {
 // of N through and refilled behind it (20+ in a 1-s window). Not parallel:
 // arrivals are counted by this process's clock, after the grant.
 func TestEveryRollingWindowHoldsAtTheProvider(t *testing.T) {
-	redistest.Each(t, func(t *testing.T, b redistest.Backend) {
+	redistest.EachWithCluster(t, func(t *testing.T, b redistest.Backend) {
 		provider := &recordResender{}
 		rules := []Rule{{N: 10, Per: time.Second}, {N: 25, Per: 3 * time.Second}}
 		stop := time.Now().Add(4500 * time.Millisecond)
 		var wg sync.WaitGroup
 		errs := make(chan error, 12)
 		for range 3 {
-			w := Wrap(provider, b.Client(t), providers.DigiCert, "the-api-key", rules, 3*time.Second)
+			w := Wrap(provider, b.Universal(t), providers.DigiCert, "the-api-key", rules, 3*time.Second)
 			for range 4 {
 				wg.Add(1)
 				go func() {
@@ -290,9 +290,9 @@ func TestEveryRollingWindowHoldsAtTheProvider(t *testing.T) {
 // refused the calls that the 1-s rule would have let through.
 func TestRefusedRuleKeepsTheOthersSlots(t *testing.T) {
 	t.Parallel()
-	redistest.Each(t, func(t *testing.T, b redistest.Backend) {
+	redistest.EachWithCluster(t, func(t *testing.T, b redistest.Backend) {
 		next := &countResender{}
-		w := Wrap(next, b.Client(t), providers.DigiCert, "k", []Rule{{N: 3, Per: time.Hour}, {N: 1, Per: time.Second}}, 0)
+		w := Wrap(next, b.Universal(t), providers.DigiCert, "k", []Rule{{N: 3, Per: time.Hour}, {N: 1, Per: time.Second}}, 0)
 		_, err := w.Resend(t.Context(), providers.Request{OrderID: "1"})
 		require.NoError(t, err)
 		for range 5 {

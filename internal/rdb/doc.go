@@ -14,7 +14,7 @@
 // "asynq:"), so SCAN certmail:* finds them all.
 //
 //	key                                    type    TTL
-//	certmail:attempts:<id>                 list    OUTCOME_RETENTION (7d), renewed by each live attempt;
+//	certmail:attempts:{<id>}               list    OUTCOME_RETENTION (7d), renewed by each live attempt;
 //	                                               none while the task is dead, given back when the dead
 //	                                               letter is replayed, deleted or expired
 //	certmail:outcomes                      stream  none: capped (XADD MAXLEN ~, 100,000 entries)
@@ -24,15 +24,16 @@
 //	certmail:dedup:<sha256>                string  the dedup window (10m); "<task id> <unix ms>"
 //	certmail:dedup:<sha256>:failed         string  the dedup window: ID of a task whose enqueue failed
 //	                                               while its mark could not be released
-//	certmail:dead:<id>                     string  none: the dead-letter record (JSON) stays until an
+//	certmail:dead:{<id>}                   string  none: the dead-letter record (JSON) stays until an
 //	                                               operator replays or deletes it or the
 //	                                               DEADLETTER_RETENTION sweep removes it, which each
 //	                                               tombstone it; an expiry would do neither
 //	certmail:dead                          zset    none: the index of dead letters, scored by time of
-//	                                               death (ms); members leave with their records
-//	certmail:deadclaim:<id>                string  the claim's lease (deadletter.ClaimLease, 1m);
+//	                                               death (ms); members leave with their records (by a
+//	                                               command of their own: see Hash slots)
+//	certmail:deadclaim:{<id>}              string  the claim's lease (deadletter.ClaimLease, 1m);
 //	                                               "<op>:<token>", then "finished:<op>:<token>" for 10m
-//	certmail:tomb:<id>                     string  outcome.TombstoneTTL (24h): "replayed", "deleted"
+//	certmail:tomb:{<id>}                   string  outcome.TombstoneTTL (24h): "replayed", "deleted"
 //	                                               or "expired"
 //	certmail:idem:{<sha256>}               string  the HTTP API's Idempotency-Key record of one producer
 //	                                               and key (sha256 of both): "pending" JSON for the
@@ -74,36 +75,58 @@
 // asynq:{<queue>}:archived (zset of archived task IDs) and
 // asynq:{<queue>}:t:<id> (hash of one task, present in every state).
 //
+// Before certmail ran on Redis Cluster the per-task keys attempts, dead,
+// deadclaim and tomb had no hash tag (certmail:dead:<id> and so on; done
+// and inflight always had one). MigrateLegacy moves such keys to the
+// tagged names; deadletter.Service.Reconcile runs it once per process (a
+// worker's first sweep, every dlq command).
+//
 // # Hash slots (Redis Cluster)
 //
 // In a cluster every key a script or transaction touches must hash to one
-// slot. Today:
-//   - claimScript (done + inflight) and reserveScript (every rule log of one
-//     credential) are the multi-key scripts on the hot path; claimScript's
-//     keys carry the task ID as hash tag {<id>}, reserveScript's
-//     {<provider>:<credential hash>}, so each stays in one slot.
-//   - acquireSlotScript touches one key, SlotsKey, hash-tagged with its
-//     provider and credential hash.
-//   - outageAdmitScript and outageReportScript touch OutageKey and
-//     OutageFailsKey, which share the hash tag {<provider>:<credential hash>}.
-//   - releaseScript, takeoverScript, repointScript and setIfScript each
-//     touch one key (setIfScript: IdempotencyKey, hash-tagged alone).
-//   - RecordAttempt is a pipeline, not a transaction: its commands need no
-//     slot-mates (a cluster client splits it per node, at the cost of a
-//     round trip per node).
-//   - addDeadScript (dead, tomb, index, attempts of one ID and the asynq
-//     archive of its queue), claimDeadScript (dead, deadclaim, tomb of one
-//     ID; asynq task hash, attempts, done, dead, tomb of its successor),
-//     renewDeadScript (deadclaim, dead) and finishDeadScript (dead,
-//     deadclaim, tomb, index, attempts) cross slots today: the per-ID keys
-//     have no hash tag, the index is one key for all IDs, the asynq keys are
-//     tagged with the queue and the successor has another ID.
-//   - DeadRecords reads many dead:<id> keys with one MGET, which crosses
-//     slots too.
+// slot, and a script must name every key in KEYS (strict proxies refuse
+// names built from ARGV; none here does). Every multi-key script stays in
+// one slot:
+//   - The keys of one task share the hash tag {<id>}: claimScript (done,
+//     inflight), addDeadScript (dead, tomb, attempts, done),
+//     claimDeadScript (dead, deadclaim, tomb), renewDeadScript (deadclaim,
+//     dead), finishDeadScript (dead, deadclaim, tomb, attempts) and
+//     migrateScript (one key's legacy and tagged names: run only when the
+//     client is not a cluster client; on a cluster MigrateLegacy moves
+//     each key with single-key commands).
+//   - The keys of one credential share {<provider>:<credential hash>}:
+//     reserveScript (every rule log), acquireSlotScript (SlotsKey),
+//     outageAdmitScript and outageReportScript (OutageKey, OutageFailsKey).
+//   - releaseScript, takeoverScript, repointScript and setIfScript touch
+//     one key (setIfScript: IdempotencyKey, hash-tagged alone).
 //
-// Running on a cluster therefore needs the dead-letter keys of one ID
-// tagged alike ({<id>}), the index split or kept outside those scripts, and
-// the successor and asynq checks done as separate reads; the Cluster issue
-// decides how. TestSlots holds this list: a script that moves into one slot,
-// or out of it, changes a row there.
+// What used to cross slots is now done by commands of its own:
+//   - The dead-letter index certmail:dead is one key for all IDs, in no
+//     script. AddDead indexes a record after its script, FinishDead
+//     removes the entry after its script, RecordAttempt and DeleteDead
+//     write it in their pipelines. A stop between the two leaves a record
+//     without entry (listings miss it until Reindex, run by every sweep
+//     over asynq's archive and by MigrateLegacy's scan, adds it) or an
+//     entry without record (listings skip it, and DropDeadIndex removes it
+//     once a tombstone says the letter is finished). Neither can replay or
+//     delete a letter twice: claims are taken on the record, never on the
+//     index.
+//   - AddDead reads asynq's archive (asynq:{<queue>}:archived) with ZSCORE
+//     before its script instead of inside it. A task run again from the
+//     dashboard between the two and succeeded is caught by the success
+//     mark in the script; one replayed or deleted by dlq, by the
+//     tombstone; one run again and not yet done gets a record its next
+//     attempt removes, as before.
+//   - ClaimDead looks for the successor's traces (its asynq hash, and its
+//     own tagged keys with one EXISTS) after the claim, in a pipeline: only
+//     a holder of the claim enqueues the successor, so whatever an earlier
+//     holder enqueued is visible once the claim is won.
+//   - Pipelines (RecordAttempt, DeleteDead, HasDead, DeadRecords,
+//     DeadIndexed, DropDeadIndex, DedupMark) are of single-key commands and
+//     EVALs; a cluster client splits them per node (a round trip per node,
+//     not one). DeadRecords is per-key GETs, not an MGET.
+//   - MigrateLegacy SCANs every master of a cluster.
+//
+// TestSlots lists each multi-key script's keys and checks they share a
+// slot; TestClusterScripts runs every method on a real 3-master cluster.
 package rdb

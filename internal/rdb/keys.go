@@ -14,25 +14,49 @@ const OutcomesKey = Prefix + "outcomes"
 // DeadIndexKey is the sorted set of dead-letter IDs scored by time of death.
 const DeadIndexKey = Prefix + "dead"
 
+// The keys of one task share the hash tag {<id>}: on a Redis Cluster every
+// script that touches several of them stays in one slot.
+
 // AttemptsKey is the list of a task's attempts (JSON), oldest first.
-func AttemptsKey(id string) string { return Prefix + "attempts:" + id }
+func AttemptsKey(id string) string { return Prefix + "attempts:" + idTag(id) }
 
 // DoneKey is the success mark of a task.
-func DoneKey(id string) string { return Prefix + "done:{" + id + "}" }
+func DoneKey(id string) string { return Prefix + "done:" + idTag(id) }
 
-// InflightKey is the claim of the delivery calling the provider now. It
-// shares DoneKey's hash tag so that claimScript touches one cluster slot.
-func InflightKey(id string) string { return Prefix + "inflight:{" + id + "}" }
+// InflightKey is the claim of the delivery calling the provider now.
+func InflightKey(id string) string { return Prefix + "inflight:" + idTag(id) }
 
 // DeadKey is a task's dead-letter record.
-func DeadKey(id string) string { return Prefix + "dead:" + id }
+func DeadKey(id string) string { return Prefix + "dead:" + idTag(id) }
 
 // DeadClaimKey holds "op:token" of the operator replaying or deleting the
 // dead letter now.
-func DeadClaimKey(id string) string { return Prefix + "deadclaim:" + id }
+func DeadClaimKey(id string) string { return Prefix + "deadclaim:" + idTag(id) }
 
 // TombKey says what became of a dead letter whose record is gone.
-func TombKey(id string) string { return Prefix + "tomb:" + id }
+func TombKey(id string) string { return Prefix + "tomb:" + idTag(id) }
+
+// idTag is the hash tag of a task's keys. Task IDs are UUIDs; should one
+// hold a brace, every key of the task still has the same first {…}, so they
+// still share a slot.
+func idTag(id string) string { return "{" + id + "}" }
+
+// Legacy key builders: the names of the untagged per-task keys written by
+// certmail before it ran on Redis Cluster. MigrateLegacy moves them to the
+// names above; nothing else reads or writes them (tests write them to prove
+// the migration).
+
+// LegacyAttemptsKey is AttemptsKey before hash tags.
+func LegacyAttemptsKey(id string) string { return Prefix + "attempts:" + id }
+
+// LegacyDeadKey is DeadKey before hash tags.
+func LegacyDeadKey(id string) string { return Prefix + "dead:" + id }
+
+// LegacyDeadClaimKey is DeadClaimKey before hash tags.
+func LegacyDeadClaimKey(id string) string { return Prefix + "deadclaim:" + id }
+
+// LegacyTombKey is TombKey before hash tags.
+func LegacyTombKey(id string) string { return Prefix + "tomb:" + id }
 
 // DedupKey is the enqueue deduplication mark of a request hash.
 func DedupKey(hash string) string { return Prefix + "dedup:" + hash }

@@ -42,55 +42,51 @@ return {2, tostring(redis.call("PTTL", KEYS[2]))}
 `)
 
 // addDeadScript adds a dead letter found in asynq's archive, only if there
-// is no record yet, no tombstone, and the task is still archived: a sweep
-// that listed the archive just before an operator replayed or deleted the
-// task never brings the record back.
+// is no record yet, no tombstone, and no success mark: a sweep that listed
+// the archive just before an operator replayed or deleted the task never
+// brings the record back (the tombstone), nor does one that listed it just
+// before the task was run again from the dashboard and succeeded (the
+// mark). AddDead checks, before it, that the task is still archived (an
+// asynq key, in another slot) and indexes the record after it.
 //
-// KEYS[1] DeadKey, KEYS[2] TombKey, KEYS[3] DeadIndexKey, KEYS[4]
-// AttemptsKey, KEYS[5] AsynqArchivedKey of the task's queue. ARGV[1] the
-// record, ARGV[2] its score (time of death, ms), ARGV[3] the task ID.
-// Returns 1 when added, 0 when a record exists, -1 when tombstoned, -2 when
-// the task is no longer archived.
+// KEYS[1] DeadKey, KEYS[2] TombKey, KEYS[3] AttemptsKey, KEYS[4] DoneKey,
+// all tagged {<id>}. ARGV[1] the record.
+// Returns 1 when added, 0 when a record exists, -1 when tombstoned, -3 when
+// the task has a success mark.
 var addDeadScript = redis.NewScript(`
 if redis.call("EXISTS", KEYS[1]) == 1 then return 0 end
 if redis.call("EXISTS", KEYS[2]) == 1 then return -1 end
-if not redis.call("ZSCORE", KEYS[5], ARGV[3]) then return -2 end
+if redis.call("EXISTS", KEYS[4]) == 1 then return -3 end
 redis.call("SET", KEYS[1], ARGV[1])
-redis.call("ZADD", KEYS[3], "NX", ARGV[2], ARGV[3])
-redis.call("PERSIST", KEYS[4])
+redis.call("PERSIST", KEYS[3])
 return 1
 `)
 
 // claimDeadScript claims a dead letter for one operation, if its record
 // still exists and no other caller holds a live claim. Running it twice for
-// one caller (a go-redis retry) claims once.
+// one caller (a go-redis retry) claims once. ClaimDead looks for the
+// successor's traces after it (other slots).
 //
-// KEYS[1] DeadKey, KEYS[2] DeadClaimKey, KEYS[3] TombKey of the dead letter;
-// then of its successor: KEYS[4] AsynqTaskKey, KEYS[5] AttemptsKey, KEYS[6]
-// DoneKey, KEYS[7] DeadKey, KEYS[8] TombKey. ARGV[1] the claim value
-// "op:token", ARGV[2] the lease in ms.
-// Returns {0, record, seen} when claimed (seen is 1 when any successor key
-// exists), {1, tombstone or ""} when the record is gone, {2, claim value}
-// when another caller holds it.
+// KEYS[1] DeadKey, KEYS[2] DeadClaimKey, KEYS[3] TombKey, tagged {<id>}.
+// ARGV[1] the claim value "op:token", ARGV[2] the lease in ms.
+// Returns {0, record} when claimed, {1, tombstone or ""} when the record is
+// gone, {2, claim value} when another caller holds it.
 var claimDeadScript = redis.NewScript(`
 local rec = redis.call("GET", KEYS[1])
 if not rec then return {1, redis.call("GET", KEYS[3]) or ""} end
 local held = redis.call("GET", KEYS[2])
 if held and held ~= ARGV[1] and string.sub(held, 1, 9) ~= "finished:" then return {2, held} end
 redis.call("SET", KEYS[2], ARGV[1], "PX", ARGV[2])
-local seen = 0
-for i = 4, 8 do
-  if redis.call("EXISTS", KEYS[i]) == 1 then seen = 1 end
-end
-return {0, rec, seen}
+return {0, rec}
 `)
 
 // renewDeadScript extends the caller's dead-letter claim, or takes it again
 // if it lapsed and nobody took it meanwhile while the record is still there
 // (a lapse alone changed nothing).
 //
-// KEYS[1] DeadClaimKey, KEYS[2] DeadKey. ARGV[1] the claim value, ARGV[2]
-// the lease in ms. Returns 1 when the caller holds the claim, else 0.
+// KEYS[1] DeadClaimKey, KEYS[2] DeadKey, tagged {<id>}. ARGV[1] the claim
+// value, ARGV[2] the lease in ms. Returns 1 when the caller holds the
+// claim, else 0.
 var renewDeadScript = redis.NewScript(`
 local held = redis.call("GET", KEYS[1])
 if held == ARGV[1] or (not held and redis.call("EXISTS", KEYS[2]) == 1) then
@@ -102,26 +98,62 @@ return 0
 
 // finishDeadScript removes a dead letter for the claim holder (or a caller
 // whose claim lapsed while nobody else took it and the record is still
-// there): record and index entry go, the tombstone comes, the history gets
-// its expiry back, in one step. The claim becomes "finished:<claim value>"
-// for a while, so that the same call run again (go-redis retries a command
-// whose reply timed out) answers 1 again instead of reporting the caller's
-// own finish as someone else's.
+// there): the record goes, the tombstone comes, the history gets its expiry
+// back, in one step. The claim becomes "finished:<claim value>" for a
+// while, so that the same call run again (go-redis retries a command whose
+// reply timed out) answers 1 again instead of reporting the caller's own
+// finish as someone else's. FinishDead removes the index entry after it
+// (another slot).
 //
 // KEYS[1] DeadKey, KEYS[2] DeadClaimKey, KEYS[3] TombKey, KEYS[4]
-// DeadIndexKey, KEYS[5] AttemptsKey. ARGV[1] the claim value, ARGV[2] the
+// AttemptsKey, tagged {<id>}. ARGV[1] the claim value, ARGV[2] the
 // tombstone, ARGV[3] the tombstone's TTL in ms, ARGV[4] the history's
-// retention in s, ARGV[5] the task ID, ARGV[6] the finished mark's TTL in
-// ms. Returns 1 when finished (now or by this very call before), else 0.
+// retention in s, ARGV[5] the finished mark's TTL in ms. Returns 1 when
+// finished (now or by this very call before), else 0.
 var finishDeadScript = redis.NewScript(`
 local held = redis.call("GET", KEYS[2])
 if held == "finished:" .. ARGV[1] then return 1 end
 if held ~= ARGV[1] and (held or redis.call("EXISTS", KEYS[1]) == 0) then return 0 end
 redis.call("DEL", KEYS[1])
-redis.call("SET", KEYS[2], "finished:" .. ARGV[1], "PX", ARGV[6])
-redis.call("ZREM", KEYS[4], ARGV[5])
+redis.call("SET", KEYS[2], "finished:" .. ARGV[1], "PX", ARGV[5])
 redis.call("SET", KEYS[3], ARGV[2], "PX", ARGV[3])
-redis.call("EXPIRE", KEYS[5], ARGV[4])
+redis.call("EXPIRE", KEYS[4], ARGV[4])
+return 1
+`)
+
+// migrateScript moves one key from its legacy name to its tagged name, on a
+// Redis that is not a cluster (both names in one script; a cluster puts
+// them in different slots and MigrateLegacy moves them step by step). A
+// string moves unless the new name exists already (then the new one, written
+// by this version, wins); a list (a history) is put in front of the new
+// one. The expiry is kept; a history without one (its task is dead) stays
+// without.
+//
+// KEYS[1] the legacy name, KEYS[2] the new name. Returns 1 when moved, 0
+// when the legacy key is gone, -1 for a type it does not know (left alone).
+var migrateScript = redis.NewScript(`
+local t = redis.call("TYPE", KEYS[1])
+if type(t) == "table" then t = t["ok"] end
+if t == "none" then return 0 end
+local ttl = redis.call("PTTL", KEYS[1])
+if t == "string" then
+  if redis.call("EXISTS", KEYS[2]) == 0 then
+    redis.call("SET", KEYS[2], redis.call("GET", KEYS[1]))
+    if ttl > 0 then redis.call("PEXPIRE", KEYS[2], ttl) end
+  end
+elseif t == "list" then
+  local newttl = redis.call("PTTL", KEYS[2])
+  local v = redis.call("LRANGE", KEYS[1], 0, -1)
+  for i = #v, 1, -1 do redis.call("LPUSH", KEYS[2], v[i]) end
+  if ttl == -1 or newttl == -1 then
+    redis.call("PERSIST", KEYS[2])
+  elseif ttl > newttl then
+    redis.call("PEXPIRE", KEYS[2], ttl)
+  end
+else
+  return -1
+end
+redis.call("DEL", KEYS[1])
 return 1
 `)
 

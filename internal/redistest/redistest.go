@@ -17,6 +17,11 @@
 // test instead of silently running only the miniredis half, and every test
 // that ran against the real server appends a line to the file named by
 // CERTMAIL_REAL_REDIS_LOG so that CI can prove that half ran.
+//
+// Topologies are launched from the same binary: NewCluster (and the
+// package-wide SharedCluster) start a 3-master Redis Cluster. Without
+// redis-server they skip, unless CERTMAIL_REQUIRE_TOPOLOGIES is set (CI),
+// which makes them fail.
 package redistest
 
 import (
@@ -44,6 +49,21 @@ type Backend struct {
 	URL string
 	// Mini is set for miniredis, so tests can FastForward TTLs.
 	Mini *miniredis.Miniredis
+	// Cluster holds the seed addresses of a Redis Cluster (Name "cluster");
+	// URL is then empty.
+	Cluster []string
+}
+
+// Universal returns a go-redis client for the backend, a cluster client
+// for a cluster, closed with the test.
+func (b Backend) Universal(t testing.TB) redis.UniversalClient {
+	t.Helper()
+	if b.Cluster != nil {
+		c := redis.NewClusterClient(&redis.ClusterOptions{Addrs: b.Cluster})
+		t.Cleanup(func() { _ = c.Close() })
+		return c
+	}
+	return b.Client(t)
 }
 
 // Real reports whether the backend is a real redis-server.
@@ -52,6 +72,9 @@ func (b Backend) Real() bool { return b.Mini == nil }
 // Client returns a go-redis client for the backend, closed with the test.
 func (b Backend) Client(t testing.TB) *redis.Client {
 	t.Helper()
+	if b.Cluster != nil {
+		t.Fatalf("redistest: backend %s is a cluster: use Universal", b.Name)
+	}
 	opt, err := redis.ParseURL(b.URL)
 	if err != nil {
 		t.Fatalf("redistest: %v", err)
@@ -66,6 +89,15 @@ func Each(t *testing.T, fn func(t *testing.T, b Backend)) {
 	t.Helper()
 	t.Run("miniredis", func(t *testing.T) { fn(t, Mini(t)) })
 	t.Run("redis", func(t *testing.T) { fn(t, Real(t)) })
+}
+
+// EachWithCluster runs fn as Each does, then once more on a Redis Cluster
+// of the test's own (subtest "cluster"; see NewCluster): for tests written
+// against Backend.Universal.
+func EachWithCluster(t *testing.T, fn func(t *testing.T, b Backend)) {
+	t.Helper()
+	Each(t, fn)
+	t.Run("cluster", func(t *testing.T) { fn(t, NewCluster(t).Backend()) })
 }
 
 // Mini starts a fresh miniredis for the test.
@@ -208,10 +240,12 @@ func start() (string, error) {
 	return "redis://" + addr, nil
 }
 
-// Stop ends the redis-server this package started, if any. Call it from
+// Stop ends the redis-server and the shared cluster this package started,
+// if any. Call it from
 // TestMain after m.Run; a leftover server is also killed when its parent
 // test binary exits only if the caller does so, hence the helper.
 func Stop() {
+	stopShared()
 	if proc != nil && proc.Process != nil {
 		_ = proc.Process.Kill()
 		_, _ = proc.Process.Wait()

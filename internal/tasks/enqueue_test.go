@@ -22,14 +22,14 @@ import (
 )
 
 type enqueueBundle struct {
-	rdb  *redis.Client
+	rdb  redis.UniversalClient
 	enq  *Enqueuer
 	insp *asynq.Inspector
 }
 
 func setupEnqueue(t *testing.T, b redistest.Backend) *enqueueBundle {
 	t.Helper()
-	rdb := b.Client(t)
+	rdb := b.Universal(t)
 	enq := NewEnqueuer(rdb)
 	t.Cleanup(func() { _ = enq.Close() })
 	return &enqueueBundle{rdb: rdb, enq: enq, insp: asynq.NewInspectorFromRedisClient(rdb)}
@@ -78,7 +78,7 @@ func TestEnqueueDedup(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			redistest.Each(t, func(t *testing.T, b redistest.Backend) {
+			redistest.EachWithCluster(t, func(t *testing.T, b redistest.Backend) {
 				eb := setupEnqueue(t, b)
 				first, err := eb.enq.Enqueue(t.Context(), tc.first, testOptions(tc.window))
 				require.NoError(t, err)
@@ -126,7 +126,7 @@ func TestEnqueueDedupWindowExpires(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			redistest.Each(t, func(t *testing.T, b redistest.Backend) {
+			redistest.EachWithCluster(t, func(t *testing.T, b redistest.Backend) {
 				eb := setupEnqueue(t, b)
 				p := NewOpenSRSPayload("77", "window", false)
 				opts := testOptions(time.Second)
@@ -158,7 +158,7 @@ func TestEnqueueDedupWindowExpires(t *testing.T) {
 
 func TestEnqueueDedupMark(t *testing.T) {
 	t.Parallel()
-	redistest.Each(t, func(t *testing.T, b redistest.Backend) {
+	redistest.EachWithCluster(t, func(t *testing.T, b redistest.Backend) {
 		eb := setupEnqueue(t, b)
 		p := NewOpenSRSPayload("88", "", false)
 		e, err := eb.enq.Enqueue(t.Context(), p, testOptions(10*time.Minute))
@@ -182,7 +182,7 @@ func TestEnqueueDedupMark(t *testing.T) {
 
 func TestEnqueueRaw(t *testing.T) {
 	t.Parallel()
-	redistest.Each(t, func(t *testing.T, b redistest.Backend) {
+	redistest.EachWithCluster(t, func(t *testing.T, b redistest.Backend) {
 		eb := setupEnqueue(t, b)
 		p := NewOpenSRSPayload("99", "raw", false)
 		first, err := eb.enq.Enqueue(t.Context(), p, testOptions(time.Hour))
@@ -219,7 +219,7 @@ func TestEnqueueRaw(t *testing.T) {
 
 func TestEnqueueRejects(t *testing.T) {
 	t.Parallel()
-	redistest.Each(t, func(t *testing.T, b redistest.Backend) {
+	redistest.EachWithCluster(t, func(t *testing.T, b redistest.Backend) {
 		eb := setupEnqueue(t, b)
 
 		_, err := eb.enq.Enqueue(t.Context(), NewOpenSRSPayload("x", "", false), testOptions(time.Minute))
@@ -322,7 +322,7 @@ func TestEnqueueTaskOptions(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			redistest.Each(t, func(t *testing.T, b redistest.Backend) {
+			redistest.EachWithCluster(t, func(t *testing.T, b redistest.Backend) {
 				eb := setupEnqueue(t, b)
 				e, err := eb.enq.Enqueue(t.Context(), tc.payload, tc.opts)
 				require.NoError(t, err)
@@ -385,7 +385,7 @@ func (eb *enqueueBundle) requireTask(t *testing.T, queue, id string) {
 
 func TestTaskKeyMatchesAsynq(t *testing.T) {
 	t.Parallel()
-	redistest.Each(t, func(t *testing.T, b redistest.Backend) {
+	redistest.EachWithCluster(t, func(t *testing.T, b redistest.Backend) {
 		eb := setupEnqueue(t, b)
 		for _, delay := range []time.Duration{0, time.Hour} {
 			o := testOptions(0)
@@ -432,7 +432,7 @@ func TestEnqueueMarkWithoutTask(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			redistest.Each(t, func(t *testing.T, b redistest.Backend) {
+			redistest.EachWithCluster(t, func(t *testing.T, b redistest.Backend) {
 				eb := setupEnqueue(t, b)
 				p := NewOpenSRSPayload("31", "orphan", false)
 				opts := testOptions(10 * time.Minute)
@@ -469,7 +469,7 @@ func TestEnqueueMarkWithoutTask(t *testing.T) {
 
 	t.Run("plain-ID mark whose task exists is a duplicate", func(t *testing.T) {
 		t.Parallel()
-		redistest.Each(t, func(t *testing.T, b redistest.Backend) {
+		redistest.EachWithCluster(t, func(t *testing.T, b redistest.Backend) {
 			eb := setupEnqueue(t, b)
 			p := NewOpenSRSPayload("32", "", false)
 			first, err := eb.enq.Enqueue(t.Context(), p, testOptions(time.Minute))
@@ -483,7 +483,7 @@ func TestEnqueueMarkWithoutTask(t *testing.T) {
 
 	t.Run("many retries take over one stale mark once", func(t *testing.T) {
 		t.Parallel()
-		redistest.Each(t, func(t *testing.T, b redistest.Backend) {
+		redistest.EachWithCluster(t, func(t *testing.T, b redistest.Backend) {
 			eb := setupEnqueue(t, b)
 			p := NewOpenSRSPayload("33", "", false)
 			opts := testOptions(10 * time.Minute)
@@ -657,7 +657,7 @@ func TestEnqueueWithoutScriptPermission(t *testing.T) {
 
 // noScriptUser creates a Redis ACL user allowed every command but scripts
 // and returns url with its credentials.
-func noScriptUser(t *testing.T, admin *redis.Client, url string) string {
+func noScriptUser(t *testing.T, admin redis.UniversalClient, url string) string {
 	t.Helper()
 	name := "noscript-" + strings.ReplaceAll(uuid.NewString(), "-", "")[:12]
 	require.NoError(t, admin.Do(t.Context(), "ACL", "SETUSER", name, "on", ">pw", "~*", "&*", "+@all", "-@scripting").Err())
@@ -685,7 +685,7 @@ func TestEnqueueWaitsForInFlightTwin(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			redistest.Each(t, func(t *testing.T, b redistest.Backend) {
+			redistest.EachWithCluster(t, func(t *testing.T, b redistest.Backend) {
 				eb := setupEnqueue(t, b)
 				p := NewOpenSRSPayload("61", "twin", false)
 				opts := testOptions(10 * time.Minute)
@@ -719,7 +719,7 @@ func TestEnqueueWaitsForInFlightTwin(t *testing.T) {
 // (EnqueueRaw) takes the mark over, so the request dedupes to the replay.
 func TestEnqueueMarkOfDeletedTask(t *testing.T) {
 	t.Parallel()
-	redistest.Each(t, func(t *testing.T, b redistest.Backend) {
+	redistest.EachWithCluster(t, func(t *testing.T, b redistest.Backend) {
 		eb := setupEnqueue(t, b)
 		store := outcome.NewStore(eb.rdb, time.Hour)
 		opts := testOptions(10 * time.Minute)
