@@ -10,7 +10,6 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/certmail/certmail/internal/inflight"
-	"github.com/certmail/certmail/internal/outcome"
 	"github.com/certmail/certmail/internal/providers"
 	"github.com/certmail/certmail/internal/redistest"
 	"github.com/certmail/certmail/internal/tasks"
@@ -49,29 +48,16 @@ func TestLastAttemptWaitsForASlot(t *testing.T) {
 	w := taskstest.Start(t, rdb, taskstest.Config{Resender: capped, Concurrency: 3,
 		ProviderTimeout: 30 * time.Second, InAttempt: tasks.DefaultInAttempt})
 
-	enq := tasks.NewEnqueuer(rdb)
-	defer enq.Close()
 	opts := tasks.DefaultOptions()
 	opts.DedupWindow = 0
 	opts.MaxRetry = 0
 	const n = 3
-	ids := make([]string, n)
-	for i := range n {
-		res, err := enq.Enqueue(t.Context(), &tasks.OpenSRSCertEmail{OpenSRSOrder: tasks.OpenSRSOrder{OrderID: strconv.Itoa(4_200_000 + i)}}, opts)
-		require.NoError(t, err)
-		ids[i] = res.ID
-	}
+	ids := taskstest.EnqueueN(t, rdb, n, opts, func(i int) tasks.Payload {
+		return &tasks.OpenSRSCertEmail{OpenSRSOrder: tasks.OpenSRSOrder{OrderID: strconv.Itoa(4_200_000 + i)}}
+	})
 	w.WaitIdle(t)
 
 	require.EqualValues(t, n, sent.Load())
 	require.EqualValues(t, 1, most.Load(), "the cap held")
-	for _, id := range ids {
-		as, err := w.Store.Attempts(t.Context(), id)
-		require.NoError(t, err)
-		require.Len(t, as, 1, "task %s: %+v", id, as)
-		require.Equal(t, outcome.Succeeded, as[0].Outcome, "task %s: %+v", id, as[0])
-		_, dead, err := w.Store.DeadLetter(t.Context(), id)
-		require.NoError(t, err)
-		require.False(t, dead, "task %s was dead-lettered", id)
-	}
+	w.RequireSucceededFirstTime(t, ids)
 }

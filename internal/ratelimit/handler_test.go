@@ -92,28 +92,15 @@ func TestLastAttemptWaitsForTheLimiter(t *testing.T) {
 	w := taskstest.Start(t, rdb, taskstest.Config{Resender: limited, Concurrency: 3,
 		ProviderTimeout: 30 * time.Second, InAttempt: tasks.DefaultInAttempt})
 
-	enq := tasks.NewEnqueuer(rdb)
-	defer enq.Close()
 	opts := tasks.DefaultOptions()
 	opts.DedupWindow = 0
 	opts.MaxRetry = 0
 	const n = 3
-	ids := make([]string, n)
-	for i := range n {
-		res, err := enq.Enqueue(t.Context(), &tasks.DigiCertPayload{OrderID: strconv.Itoa(4_100_000 + i)}, opts)
-		require.NoError(t, err)
-		ids[i] = res.ID
-	}
+	ids := taskstest.EnqueueN(t, rdb, n, opts, func(i int) tasks.Payload {
+		return &tasks.DigiCertPayload{OrderID: strconv.Itoa(4_100_000 + i)}
+	})
 	w.WaitIdle(t)
 
 	require.EqualValues(t, n, sent.Load())
-	for _, id := range ids {
-		as, err := w.Store.Attempts(t.Context(), id)
-		require.NoError(t, err)
-		require.Len(t, as, 1, "task %s: %+v", id, as)
-		require.Equal(t, outcome.Succeeded, as[0].Outcome, "task %s: %+v", id, as[0])
-		_, dead, err := w.Store.DeadLetter(t.Context(), id)
-		require.NoError(t, err)
-		require.False(t, dead, "task %s was dead-lettered", id)
-	}
+	w.RequireSucceededFirstTime(t, ids)
 }

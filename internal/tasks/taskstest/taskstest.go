@@ -185,6 +185,42 @@ func (w *Worker) WaitIdle(t testing.TB) {
 	}
 }
 
+// EnqueueN enqueues n tasks, payload(i) for i in [0, n), with opts and
+// returns their IDs in order.
+func EnqueueN(t testing.TB, rdb redis.UniversalClient, n int, opts tasks.Options, payload func(i int) tasks.Payload) []string {
+	t.Helper()
+	enq := tasks.NewEnqueuer(rdb)
+	defer enq.Close()
+	ids := make([]string, n)
+	for i := range n {
+		res, err := enq.Enqueue(t.Context(), payload(i), opts)
+		if err != nil {
+			t.Fatalf("taskstest: enqueue %d: %v", i, err)
+		}
+		ids[i] = res.ID
+	}
+	return ids
+}
+
+// RequireSucceededFirstTime fails t unless each of ids has exactly one
+// attempt, a success, and no dead letter: nothing sent it back or spent
+// its budget.
+func (w *Worker) RequireSucceededFirstTime(t testing.TB, ids []string) {
+	t.Helper()
+	for _, id := range ids {
+		as, err := w.Store.Attempts(t.Context(), id)
+		if err != nil {
+			t.Fatalf("taskstest: attempts of %s: %v", id, err)
+		}
+		if len(as) != 1 || as[0].Outcome != outcome.Succeeded {
+			t.Fatalf("taskstest: task %s: want one successful attempt, got %+v", id, as)
+		}
+		if _, dead, err := w.Store.DeadLetter(t.Context(), id); err != nil || dead {
+			t.Fatalf("taskstest: task %s: dead letter %v (err %v)", id, dead, err)
+		}
+	}
+}
+
 // Drain runs the real handler, with fake as both providers and immediate
 // retries, until every task in tasks.Queues is completed or archived, then
 // stops the server.
