@@ -287,6 +287,32 @@ assert s["state"] == "completed" and [a["outcome"] for a in s["attempts"]] == ["
 ha() {
   local p=certmail-ci-ha ov=deploy/offline/docker-compose.ha.offline.yml
   [[ -f $ov ]] || fail "docker-compose.ha.yml exists but $ov does not: write its host-network override (README, Deploy)"
+  # The override restates the Redis commands and the Sentinels' config only
+  # for their addresses: everything else must be docker-compose.ha.yml's.
+  python3 - docker-compose.ha.yml "$ov" <<'PY' || fail "HA: $ov differs from docker-compose.ha.yml in more than addresses"
+import re, sys, yaml
+base = yaml.safe_load(open(sys.argv[1]))["services"]
+over = yaml.safe_load(open(sys.argv[2]))["services"]
+names = {n for n, s in base.items() if str(s.get("image", "")).startswith("redis")}
+for n in ("redis-primary", "redis-replica"):
+    b, o = list(base[n]["command"]), list(over[n]["command"])
+    want = ["127.0.0.1" if x in names else x for x in b]
+    if "--replicaof" in want:  # the primary's port on the host network
+        i = want.index("--replicaof") + 2
+        want[i] = "16379"
+    assert o == want, (n, o, want)
+def settings(script):
+    out = {}
+    for m in re.finditer(r"sentinel (monitor|down-after-milliseconds|parallel-syncs|failover-timeout) (\S+) ([^'\"]+)", script):
+        out[m.group(1)] = (m.group(2), m.group(3).split()[-1])
+    return out
+b = settings(" ".join(base["sentinel-1"]["command"]))
+o = settings(" ".join(over["sentinel-1"]["command"]))
+assert b.keys() == o.keys(), (b, o)
+for k in b:
+    if k != "failover-timeout":  # shorter in CI: a failed election is retried within the check's minute
+        assert b[k] == o[k], (k, b[k], o[k])
+PY
   compose_up "$p" docker-compose.ha.yml "$ov"
   # The worker's Redis URL, its Sentinels and master name, and which service
   # listens on which port, all from the merged configuration.
@@ -318,6 +344,9 @@ PY
   process_one opensrs 1001 >/dev/null
   say "HA: a task processed through the Sentinels"
 
+  local wid wbefore
+  wid=$(dc "$p" ps -q worker)
+  wbefore=$(docker inspect -f '{{.State.StartedAt}} {{.RestartCount}}' "$wid")
   docker kill -s KILL "$(dc "$p" ps -q "$svc")" >/dev/null
   say "HA: primary container $svc killed"
   for _ in $(seq 120); do
@@ -327,7 +356,10 @@ PY
   done
   [[ -n "$new" && "$new" != "$old" ]] || fail "HA: the Sentinels did not promote a replica within 60 s"
   say "HA: the Sentinels promoted $(eval echo "\${ha_port_$new:-127.0.0.1:$new}")"
+  redis-cli -p "$new" info replication | grep -q '^role:master' || fail "HA: 127.0.0.1:$new is named primary but is not role:master"
   process_one opensrs 1007 >/dev/null
+  [[ $(dc "$p" ps -q worker) == "$wid" && $(docker inspect -f '{{.State.StartedAt}} {{.RestartCount}}' "$wid") == "$wbefore" ]] ||
+    fail "HA: the worker container was replaced or restarted during the failover"
   say "HA: a task enqueued after the kill was processed by the same worker container"
   curl -fsS "$http/readyz" >/dev/null || fail "HA: /readyz is not 200 after the failover"
 
