@@ -102,16 +102,21 @@ dash_pass=$(head -c 18 /dev/urandom | base64 | tr -d '/+=')
 printf '%s' "$opensrs_key" >"$proj/secrets/opensrs_api_key"
 printf '%s' "$digicert_key" >"$proj/secrets/digicert_api_key"
 printf '%s' "$dash_pass" >"$proj/secrets/dashboard_password"
+api_token=$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')
+printf 'compose-ci:%s\n' "$api_token" >"$proj/secrets/api_tokens"
 chmod 0444 "$proj"/secrets/*
 export OPENSRS_USERNAME=ci-reseller DASHBOARD_USER=ops
 
 export CERTMAIL_OFFLINE_REDIS_PORT=16379 CERTMAIL_OFFLINE_HTTP_PORT=18080 \
-  CERTMAIL_OFFLINE_OPENSRS_PORT=18081 CERTMAIL_OFFLINE_DIGICERT_PORT=18082 CERTMAIL_OFFLINE_SIM_ADMIN_PORT=18083
-for port in 16379 18080 18081 18082 18083; do
+  CERTMAIL_OFFLINE_OPENSRS_PORT=18081 CERTMAIL_OFFLINE_DIGICERT_PORT=18082 CERTMAIL_OFFLINE_SIM_ADMIN_PORT=18083 \
+  CERTMAIL_OFFLINE_API_PORT=18084
+# The HA override's fixed ports too: the replica 16380, the Sentinels 26379-26381.
+for port in 16379 18080 18081 18082 18083 18084 16380 26379 26380 26381; do
   if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then fail "127.0.0.1:$port is already in use"; fi
 done
 http="http://127.0.0.1:$CERTMAIL_OFFLINE_HTTP_PORT"
 sim="http://127.0.0.1:$CERTMAIL_OFFLINE_SIM_ADMIN_PORT"
+apiurl="http://127.0.0.1:$CERTMAIL_OFFLINE_API_PORT"
 
 # compose_up PROJECT FILE: up -d with the offline override, then wait until
 # every container of the project is healthy (or running, without a
@@ -210,11 +215,36 @@ single() {
   dc_id=$(process_one digicert 2001)
   say "tasks processed by the worker container: opensrs $osrs_id, digicert $dc_id"
 
+  # The API container: docker-compose.yml's entrypoint, tokens secret and
+  # healthcheck (the override changes only the healthcheck's port; it passed
+  # above), then a curl POST with the secret file's token is processed.
+  python3 - docker-compose.yml "$tmp/$p.merged.yml" "$CERTMAIL_OFFLINE_API_PORT" <<'PY' || fail "api: the override changes more than the healthcheck's port"
+import sys, yaml
+base = yaml.safe_load(open(sys.argv[1]))["services"]["api"]
+got = yaml.safe_load(open(sys.argv[2]))["services"]["api"]
+want = [x.replace("127.0.0.1:8081", "127.0.0.1:" + sys.argv[3]) for x in base["healthcheck"]["test"]]
+assert got["healthcheck"]["test"] == want, (got["healthcheck"]["test"], want)
+assert got["entrypoint"] == base["entrypoint"], got["entrypoint"]
+assert got["environment"]["API_TOKENS_FILE"] == base["environment"]["API_TOKENS_FILE"]
+assert [s if isinstance(s, str) else s["source"] for s in got["secrets"]] == base["secrets"], got["secrets"]
+PY
+  local code api_id
+  code=$(curl -sS -o "$tmp/api-out" -w '%{http_code}' -H "Authorization: Bearer $api_token" -H 'Content-Type: application/json' \
+    -d '{"provider":"digicert","order_id":"2077","reference":"compose-api"}' "$apiurl/v1/resends") || code=none
+  [[ $code == 202 ]] || fail "api: POST /v1/resends with the tokens file's token answered $code: $(cat "$tmp/api-out")"
+  api_id=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["id"])' "$tmp/api-out")
+  wait_state "$api_id" completed 60
+  sim_saw digicert 2077 204 || fail "simulator has no 204 for the API's digicert order 2077"
+  enqueue status "$api_id" --json | python3 -c 'import json,sys; assert json.load(sys.stdin)["payload"]["producer"] == "compose-ci"' ||
+    fail "api: task $api_id does not name its producer compose-ci"
+  code=$(curl -sS -o /dev/null -w '%{http_code}' -H 'Content-Type: application/json' -d '{}' "$apiurl/v1/resends") || code=none
+  [[ $code == 401 ]] || fail "api: POST without a token answered $code, want 401"
+  say "api container healthy; a curl POST with the token was processed ($api_id, producer compose-ci), 401 without"
+
   # The ops surface.
   curl -fsS "$http/readyz" >/dev/null || fail "/readyz is not 200"
   curl -fsS "$http/metrics" >"$art/$p-metrics.txt" || fail "/metrics is not 200"
   grep -q '^certmail_attempts_total{.*outcome="succeeded"' "$art/$p-metrics.txt" || fail "/metrics has no succeeded attempts"
-  local code
   code=$(curl -s -o /dev/null -w '%{http_code}' "$http/dashboard/")
   [[ $code == 401 ]] || fail "dashboard without credentials answered $code, want 401"
   code=$(curl -s -o /dev/null -w '%{http_code}' -u "ops:$dash_pass" "$http/dashboard/")
@@ -257,6 +287,32 @@ assert s["state"] == "completed" and [a["outcome"] for a in s["attempts"]] == ["
 ha() {
   local p=certmail-ci-ha ov=deploy/offline/docker-compose.ha.offline.yml
   [[ -f $ov ]] || fail "docker-compose.ha.yml exists but $ov does not: write its host-network override (README, Deploy)"
+  # The override restates the Redis commands and the Sentinels' config only
+  # for their addresses: everything else must be docker-compose.ha.yml's.
+  python3 - docker-compose.ha.yml "$ov" <<'PY' || fail "HA: $ov differs from docker-compose.ha.yml in more than addresses"
+import re, sys, yaml
+base = yaml.safe_load(open(sys.argv[1]))["services"]
+over = yaml.safe_load(open(sys.argv[2]))["services"]
+names = {n for n, s in base.items() if str(s.get("image", "")).startswith("redis")}
+for n in ("redis-primary", "redis-replica"):
+    b, o = list(base[n]["command"]), list(over[n]["command"])
+    want = ["127.0.0.1" if x in names else x for x in b]
+    if "--replicaof" in want:  # the primary's port on the host network
+        i = want.index("--replicaof") + 2
+        want[i] = "16379"
+    assert o == want, (n, o, want)
+def settings(script):
+    out = {}
+    for m in re.finditer(r"sentinel (monitor|down-after-milliseconds|parallel-syncs|failover-timeout) (\S+) ([^'\"]+)", script):
+        out[m.group(1)] = (m.group(2), m.group(3).split()[-1])
+    return out
+b = settings(" ".join(base["sentinel-1"]["command"]))
+o = settings(" ".join(over["sentinel-1"]["command"]))
+assert b.keys() == o.keys(), (b, o)
+for k in b:
+    if k != "failover-timeout":  # shorter in CI: a failed election is retried within the check's minute
+        assert b[k] == o[k], (k, b[k], o[k])
+PY
   compose_up "$p" docker-compose.ha.yml "$ov"
   # The worker's Redis URL, its Sentinels and master name, and which service
   # listens on which port, all from the merged configuration.
@@ -288,6 +344,9 @@ PY
   process_one opensrs 1001 >/dev/null
   say "HA: a task processed through the Sentinels"
 
+  local wid wbefore
+  wid=$(dc "$p" ps -q worker)
+  wbefore=$(docker inspect -f '{{.State.StartedAt}} {{.RestartCount}}' "$wid")
   docker kill -s KILL "$(dc "$p" ps -q "$svc")" >/dev/null
   say "HA: primary container $svc killed"
   for _ in $(seq 120); do
@@ -297,7 +356,10 @@ PY
   done
   [[ -n "$new" && "$new" != "$old" ]] || fail "HA: the Sentinels did not promote a replica within 60 s"
   say "HA: the Sentinels promoted $(eval echo "\${ha_port_$new:-127.0.0.1:$new}")"
+  redis-cli -p "$new" info replication | grep -q '^role:master' || fail "HA: 127.0.0.1:$new is named primary but is not role:master"
   process_one opensrs 1007 >/dev/null
+  [[ $(dc "$p" ps -q worker) == "$wid" && $(docker inspect -f '{{.State.StartedAt}} {{.RestartCount}}' "$wid") == "$wbefore" ]] ||
+    fail "HA: the worker container was replaced or restarted during the failover"
   say "HA: a task enqueued after the kill was processed by the same worker container"
   curl -fsS "$http/readyz" >/dev/null || fail "HA: /readyz is not 200 after the failover"
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds, without any image registry, the images that docker-compose.offline.yml
 # runs:
-#   certmail:offline             worker, enqueue, dlq (static Go binaries built
+#   certmail:offline             worker, enqueue, dlq, api (static Go binaries built
 #                                here, FROM scratch, host CA certificates, user 65532)
 #   certmail-simulators:offline  the provider simulators (cmd/simulators)
 #   certmail-redis:offline       Redis from this host's Debian redis-server package
@@ -35,7 +35,7 @@ cp "$ca" "$ctx/go/etc/ssl/certs/ca-certificates.crt"
 
 echo "build-images: go build (static)"
 (cd "$repo" && CGO_ENABLED=0 GOOS=linux go build -ldflags="-s -w" -o "$ctx/go/bin/" \
-  ./cmd/worker ./cmd/enqueue ./cmd/dlq ./cmd/simulators)
+  ./cmd/worker ./cmd/enqueue ./cmd/dlq ./cmd/api ./cmd/simulators)
 
 docker build -q -t certmail:offline -f "$here/worker.Dockerfile" "$ctx/go"
 docker build -q -t certmail-simulators:offline -f "$here/simulators.Dockerfile" "$ctx/go"
