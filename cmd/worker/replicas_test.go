@@ -46,6 +46,9 @@ func TestWorkerReplicasSurviveSIGKILL(t *testing.T) {
 		"REDIS_URL=" + b.URL, "HTTP_ADDR=off", "RECONCILE_INTERVAL=2s",
 		"OPENSRS_USERNAME=" + user, "OPENSRS_API_KEY=" + key, "OPENSRS_URL=" + sim.URL(),
 		"OPENSRS_CONCURRENCY=5", "OPENSRS_MAX_IN_FLIGHT=0", "OUTAGE_THRESHOLD=off",
+		// The killed tasks run again once their claim lapses (PROVIDER_TIMEOUT
+		// plus a margin): a short timeout keeps the test short.
+		"PROVIDER_TIMEOUT=10s",
 		"RETRY_BASE=1s", "RETRY_MAX=2s",
 	}
 	workers := make([]*capWorker, 3)
