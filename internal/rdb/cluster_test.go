@@ -238,6 +238,82 @@ func TestClusterScripts(t *testing.T) {
 		}
 	})
 
+	t.Run("dedup marks pipelined", func(t *testing.T) {
+		hashes, values := make([]string, 12), make([]string, 12)
+		nodes := map[string]bool{}
+		for i := range hashes {
+			hashes[i], values[i] = fmt.Sprintf("%064x", 1000+i), fmt.Sprintf("v %d", i)
+			addr, err := masterOf(ctx, cc, DedupKey(hashes[i]))
+			require.NoError(t, err)
+			nodes[addr] = true
+		}
+		require.Len(t, nodes, redistest.ClusterMasters, "the marks land on every master")
+		set, errs := r.SetDedupMarks(ctx, hashes, values, time.Minute)
+		for i := range hashes {
+			require.NoError(t, errs[i])
+			require.True(t, set[i])
+			v, err := r.GetDedupMark(ctx, hashes[i])
+			require.NoError(t, err)
+			require.Equal(t, values[i], v)
+		}
+		set, errs = r.SetDedupMarks(ctx, hashes, values, time.Minute)
+		for i := range hashes {
+			require.NoError(t, errs[i])
+			require.False(t, set[i], "a second mark is not set")
+			require.NoError(t, r.ReleaseDedupMark(ctx, hashes[i], values[i]))
+		}
+	})
+
+	t.Run("idempotency", func(t *testing.T) {
+		nodes := map[string]bool{}
+		for i := range 12 {
+			scope := fmt.Sprintf("%064x", 2000+i)
+			addr, err := masterOf(ctx, cc, IdempotencyKey(scope))
+			require.NoError(t, err)
+			nodes[addr] = true
+			taken, _, err := r.TakeIdempotency(ctx, scope, []byte("pending"), time.Minute)
+			require.NoError(t, err)
+			require.True(t, taken)
+			taken, existing, err := r.TakeIdempotency(ctx, scope, []byte("other"), time.Minute)
+			require.NoError(t, err)
+			require.False(t, taken)
+			require.Equal(t, "pending", string(existing))
+			ok, err := r.FinishIdempotency(ctx, scope, []byte("pending"), []byte("final"), time.Minute) // setIfScript
+			require.NoError(t, err)
+			require.True(t, ok)
+			ok, err = r.FinishIdempotency(ctx, scope, []byte("pending"), []byte("again"), time.Minute)
+			require.NoError(t, err)
+			require.False(t, ok, "a record no longer pending is left alone")
+			v, err := r.GetIdempotency(ctx, scope)
+			require.NoError(t, err)
+			require.Equal(t, "final", string(v))
+			require.NoError(t, r.ReleaseIdempotency(ctx, scope, []byte("final")))
+			v, err = r.GetIdempotency(ctx, scope)
+			require.NoError(t, err)
+			require.Nil(t, v)
+		}
+		require.Len(t, nodes, redistest.ClusterMasters, "the records land on every master")
+	})
+
+	t.Run("hot-path record with result", func(t *testing.T) {
+		for _, q := range []string{"opensrs", "digicert"} {
+			for range 6 {
+				id := uuid.NewString()
+				// asynq's task hash, in the queue's slot, apart from the task's keys.
+				require.NoError(t, cc.HSet(ctx, AsynqTaskKey(q, id), "state", "active").Err())
+				require.NoError(t, r.RecordAttemptWithResult(ctx, Attempt{TaskID: id, Outcome: "succeeded", JSON: []byte(`{"n":1}`)},
+					limits, q, []byte(`{"ok":true}`)))
+				res, err := cc.HGet(ctx, AsynqTaskKey(q, id), "result").Result()
+				require.NoError(t, err)
+				require.Equal(t, `{"ok":true}`, res)
+				att, err := r.Attempts(ctx, id)
+				require.NoError(t, err)
+				require.Len(t, att, 1)
+				require.NoError(t, cc.Del(ctx, AsynqTaskKey(q, id)).Err())
+			}
+		}
+	})
+
 	t.Run("per credential", func(t *testing.T) {
 		l := r.NewLimiter()
 		for i := range 6 {
