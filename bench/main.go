@@ -7,7 +7,9 @@
 //  3. latency-bound throughput (provider answering after 100 ms) vs the ideal;
 //  4. pickup latency of an idle worker, and the Redis commands/s it costs,
 //     vs the naive worker on asynq's defaults;
-//  5. peak RSS (VmHWM) of the worker process with 100,000 pending tasks.
+//  5. peak RSS (VmHWM) of the worker process with 100,000 pending tasks;
+//  6. the HTTP API (cmd/api): ndjson batches vs `enqueue batch` of the same
+//     file, and single POST requests per second at concurrency 32.
 //
 // It starts its own redis-server on a free loopback port, the in-process
 // provider simulators, and builds and runs the real worker and enqueue
@@ -100,7 +102,7 @@ func main() {
 	flag.IntVar(&p.rssTasks, "rss-tasks", 100000, "pending tasks of the RSS figure")
 	flag.DurationVar(&p.rssFor, "rss-for", 15*time.Second, "how long the worker processes the RSS backlog before VmHWM is read")
 	flag.StringVar(&p.cpuprofile, "cpuprofile", "", "write a CPU profile of the certmail worker during its first throughput run to this file")
-	flag.StringVar(&only, "only", "", "comma-separated figures to run: worker,enqueue,latency,pickup,rss (default all)")
+	flag.StringVar(&only, "only", "", "comma-separated figures to run: worker,enqueue,latency,pickup,rss,api (default all)")
 	flag.StringVar(&extraEnv, "worker-env", "", "comma-separated NAME=VALUE settings added to the certmail worker's environment")
 	flag.DurationVar(&p.naiveCheck, "naive-task-check", 0, "the naive worker's asynq TaskCheckInterval (0: asynq's default, 1s)")
 	flag.BoolVar(&p.keep, "keep", false, "keep the temporary directory (logs, binaries, Redis)")
@@ -138,6 +140,7 @@ type env struct {
 	worker string // built cmd/worker
 	prof   string // built cmd/worker with the benchprof tag
 	enq    string // built cmd/enqueue
+	api    string // built cmd/api
 	self   string
 }
 
@@ -175,6 +178,7 @@ func bench(ctx context.Context, p params) (err error) {
 		{"latency", e.figLatency},
 		{"pickup", e.figPickup},
 		{"rss", e.figRSS},
+		{"api", e.figAPI},
 	}
 	var results []result
 	for _, f := range figures {
@@ -276,6 +280,10 @@ func (e *env) build() error {
 		return err
 	}
 	if err := b(e.enq, "./cmd/enqueue"); err != nil {
+		return err
+	}
+	e.api = filepath.Join(e.dir, "api")
+	if err := b(e.api, "./cmd/api"); err != nil {
 		return err
 	}
 	if e.p.cpuprofile != "" {
