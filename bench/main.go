@@ -35,6 +35,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"runtime"
+	"runtime/pprof"
 	"slices"
 	"strconv"
 	"strings"
@@ -101,7 +102,7 @@ func main() {
 	flag.DurationVar(&p.idle, "idle", 10*time.Second, "how long the idle worker's Redis commands are counted")
 	flag.IntVar(&p.rssTasks, "rss-tasks", 100000, "pending tasks of the RSS figure")
 	flag.DurationVar(&p.rssFor, "rss-for", 15*time.Second, "how long the worker processes the RSS backlog before VmHWM is read")
-	flag.StringVar(&p.cpuprofile, "cpuprofile", "", "write a CPU profile of the certmail worker during its first throughput run to this file")
+	flag.StringVar(&p.cpuprofile, "cpuprofile", "", "write CPU profiles of the certmail worker (to this file) and of the naive worker (to this file + \".naive\") during their first throughput runs")
 	flag.StringVar(&only, "only", "", "comma-separated figures to run: worker,enqueue,latency,pickup,rss,api (default all)")
 	flag.StringVar(&extraEnv, "worker-env", "", "comma-separated NAME=VALUE settings added to the certmail worker's environment")
 	flag.DurationVar(&p.naiveCheck, "naive-task-check", 0, "the naive worker's asynq TaskCheckInterval (0: asynq's default, 1s)")
@@ -557,9 +558,13 @@ func (e *env) startCertmail(ctx context.Context, s *sims, perQueue int, profile 
 }
 
 // startNaive runs the naive asynq worker (this program as a child).
-func (e *env) startNaive(ctx context.Context, s *sims, perQueue int, taskCheck time.Duration) (*proc, error) {
+func (e *env) startNaive(ctx context.Context, s *sims, perQueue int, taskCheck time.Duration, profile ...string) (*proc, error) {
 	args := []string{e.self, "-child", "naive-worker", e.addr, s.o.URL(), s.d.URL(), strconv.Itoa(perQueue), taskCheck.String()}
-	return e.startProc(ctx, "naive-worker", args, nil, "naive worker started")
+	var envv []string
+	if len(profile) > 0 && profile[0] != "" {
+		envv = append(envv, "CERTMAIL_BENCH_CPUPROFILE="+profile[0])
+	}
+	return e.startProc(ctx, "naive-worker", args, envv, "naive worker started")
 }
 
 // drain waits until n tasks are completed and returns the throughput from
@@ -598,28 +603,147 @@ func (e *env) drain(ctx context.Context, n int, within time.Duration) (float64, 
 	}
 }
 
-// throughput runs one worker over n pre-filled tasks.
-func (e *env) throughput(ctx context.Context, naive bool, n, perQueue int, delay time.Duration, profile string) (float64, error) {
-	if err := e.flush(ctx); err != nil {
+// cpu is the CPU time each side spent on one throughput run, from the
+// worker's start to the last completion: the worker process (its whole
+// life so far), redis-server, and this program (the simulators, the
+// bench's own polls).
+type cpu struct {
+	worker, redis, sims time.Duration
+	// usec and calls are Redis's own time and call count per command
+	// (INFO commandstats; commands run inside scripts are counted
+	// under their own names too) over the run.
+	usec, calls map[string]int64
+}
+
+// perTask formats c divided by n tasks in µs.
+func (c cpu) perTask(n int) string {
+	us := func(d time.Duration) float64 { return float64(d.Microseconds()) / float64(n) }
+	out := fmt.Sprintf("CPU µs/task: worker %.0f, redis %.0f, simulators+bench %.0f", us(c.worker), us(c.redis), us(c.sims))
+	names := make([]string, 0, len(c.usec))
+	for name := range c.usec {
+		names = append(names, name)
+	}
+	slices.SortFunc(names, func(a, b string) int { return int(c.usec[b] - c.usec[a]) })
+	var parts []string
+	for _, name := range names[:min(len(names), 8)] {
+		parts = append(parts, fmt.Sprintf("%s %.2f×/%.1fµs", name, float64(c.calls[name])/float64(n), float64(c.usec[name])/float64(n)))
+	}
+	return out + "; redis commands per task (calls/time): " + strings.Join(parts, ", ")
+}
+
+// commandUsec reads INFO commandstats' usec per command, leaving out the
+// bench's own INFO.
+func (e *env) commandUsec(ctx context.Context) (usec, calls map[string]int64, err error) {
+	s, err := e.rdb.Info(ctx, "commandstats").Result()
+	if err != nil {
+		return nil, nil, err
+	}
+	usec, calls = map[string]int64{}, map[string]int64{}
+	for l := range strings.SplitSeq(s, "\n") {
+		name, rest, ok := strings.Cut(strings.TrimSpace(l), ":")
+		if !ok || !strings.HasPrefix(name, "cmdstat_") || name == "cmdstat_info" {
+			continue
+		}
+		name = strings.TrimPrefix(name, "cmdstat_")
+		for f := range strings.SplitSeq(rest, ",") {
+			if v, ok := strings.CutPrefix(f, "usec="); ok {
+				usec[name], _ = strconv.ParseInt(v, 10, 64)
+			}
+			if v, ok := strings.CutPrefix(f, "calls="); ok {
+				calls[name], _ = strconv.ParseInt(v, 10, 64)
+			}
+		}
+	}
+	return usec, calls, nil
+}
+
+// procCPU reads a process's user+system time from /proc/<pid>/stat.
+func procCPU(pid int) (time.Duration, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
 		return 0, err
+	}
+	// Fields after the command name (which may hold spaces) in ")".
+	i := strings.LastIndexByte(string(b), ')')
+	f := strings.Fields(string(b[i+1:]))
+	if len(f) < 13 {
+		return 0, errors.New("short /proc stat")
+	}
+	ut, _ := strconv.ParseInt(f[11], 10, 64)
+	st, _ := strconv.ParseInt(f[12], 10, 64)
+	return time.Duration(ut+st) * time.Second / 100, nil // USER_HZ is 100 on Linux
+}
+
+// redisCPU reads redis-server's used_cpu_user + used_cpu_sys.
+func (e *env) redisCPU(ctx context.Context) (time.Duration, error) {
+	s, err := e.rdb.Info(ctx, "cpu").Result()
+	if err != nil {
+		return 0, err
+	}
+	var total float64
+	for l := range strings.SplitSeq(s, "\n") {
+		name, v, ok := strings.Cut(strings.TrimSpace(l), ":")
+		if ok && (name == "used_cpu_user" || name == "used_cpu_sys") {
+			f, _ := strconv.ParseFloat(v, 64)
+			total += f
+		}
+	}
+	return time.Duration(total * float64(time.Second)), nil
+}
+
+func selfCPU() time.Duration {
+	var ru syscall.Rusage
+	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// throughput runs one worker over n pre-filled tasks.
+func (e *env) throughput(ctx context.Context, naive bool, n, perQueue int, delay time.Duration, profile string) (float64, cpu, error) {
+	if err := e.flush(ctx); err != nil {
+		return 0, cpu{}, err
 	}
 	s := newSims(delay)
 	defer s.Close()
 	if err := e.fill(ctx, n); err != nil {
-		return 0, err
+		return 0, cpu{}, err
+	}
+	r0, err := e.redisCPU(ctx)
+	if err != nil {
+		return 0, cpu{}, err
+	}
+	s0 := selfCPU()
+	u0, n0, err := e.commandUsec(ctx)
+	if err != nil {
+		return 0, cpu{}, err
 	}
 	var p *proc
-	var err error
 	if naive {
-		p, err = e.startNaive(ctx, s, perQueue, 0)
+		p, err = e.startNaive(ctx, s, perQueue, 0, profile)
 	} else {
 		p, err = e.startCertmail(ctx, s, perQueue, profile, 4*time.Second)
 	}
 	if err != nil {
-		return 0, err
+		return 0, cpu{}, err
 	}
 	defer p.stop()
-	return e.drain(ctx, n, 10*time.Minute)
+	rate, err := e.drain(ctx, n, 10*time.Minute)
+	if err != nil {
+		return 0, cpu{}, err
+	}
+	var c cpu
+	c.sims = selfCPU() - s0
+	c.worker, _ = procCPU(p.cmd.Process.Pid)
+	r1, _ := e.redisCPU(ctx)
+	c.redis = r1 - r0
+	if u1, n1, err := e.commandUsec(ctx); err == nil {
+		c.usec, c.calls = map[string]int64{}, map[string]int64{}
+		for name, v := range u1 {
+			if d := v - u0[name]; d > 0 {
+				c.usec[name], c.calls[name] = d, n1[name]-n0[name]
+			}
+		}
+	}
+	return rate, c, nil
 }
 
 // ---------------------------------------------------------------- figures
@@ -629,20 +753,21 @@ func (e *env) figWorker(ctx context.Context) (result, error) {
 		e.p.tasks, e.p.concurrency)}
 	var cm, nv []float64
 	for i := range e.p.runs {
-		n, err := e.throughput(ctx, true, e.p.tasks, e.p.concurrency, 0, "")
+		prof, naiveProf := "", ""
+		if i == 0 && e.p.cpuprofile != "" {
+			prof, naiveProf = e.p.cpuprofile, e.p.cpuprofile+".naive"
+		}
+		n, ncpu, err := e.throughput(ctx, true, e.p.tasks, e.p.concurrency, 0, naiveProf)
 		if err != nil {
 			return r, fmt.Errorf("naive: %w", err)
 		}
-		prof := ""
-		if i == 0 {
-			prof = e.p.cpuprofile
-		}
-		c, err := e.throughput(ctx, false, e.p.tasks, e.p.concurrency, 0, prof)
+		c, ccpu, err := e.throughput(ctx, false, e.p.tasks, e.p.concurrency, 0, prof)
 		if err != nil {
 			return r, fmt.Errorf("certmail worker: %w", err)
 		}
 		cm, nv = append(cm, c), append(nv, n)
-		r.runs = append(r.runs, fmt.Sprintf("run %d: certmail %.0f tasks/s, naive %.0f tasks/s, ratio %.2f", i+1, c, n, c/n))
+		r.runs = append(r.runs, fmt.Sprintf("run %d: certmail %.0f tasks/s, naive %.0f tasks/s, ratio %.2f", i+1, c, n, c/n),
+			"  certmail "+ccpu.perTask(e.p.tasks), "  naive    "+ncpu.perTask(e.p.tasks))
 	}
 	c, n := median(cm), median(nv)
 	r.rows = append(r.rows, row{"worker throughput (tasks/s)", fmt.Sprintf("%.0f", c), fmt.Sprintf("%.0f (naive asynq worker)", n),
@@ -713,16 +838,17 @@ func (e *env) figLatency(ctx context.Context) (result, error) {
 		e.p.latTasks, e.p.latency, e.p.latConc, e.p.latConc/2, ideal)}
 	var cm, nv []float64
 	for i := range e.p.runs {
-		n, err := e.throughput(ctx, true, e.p.latTasks, e.p.latConc/2, e.p.latency, "")
+		n, ncpu, err := e.throughput(ctx, true, e.p.latTasks, e.p.latConc/2, e.p.latency, "")
 		if err != nil {
 			return r, fmt.Errorf("naive: %w", err)
 		}
-		c, err := e.throughput(ctx, false, e.p.latTasks, e.p.latConc/2, e.p.latency, "")
+		c, ccpu, err := e.throughput(ctx, false, e.p.latTasks, e.p.latConc/2, e.p.latency, "")
 		if err != nil {
 			return r, err
 		}
 		cm, nv = append(cm, c), append(nv, n)
-		r.runs = append(r.runs, fmt.Sprintf("run %d: certmail %.0f tasks/s, ratio %.2f of the ideal; naive asynq worker %.0f tasks/s (%.2f)", i+1, c, c/ideal, n, n/ideal))
+		r.runs = append(r.runs, fmt.Sprintf("run %d: certmail %.0f tasks/s, ratio %.2f of the ideal; naive asynq worker %.0f tasks/s (%.2f)", i+1, c, c/ideal, n, n/ideal),
+			"  certmail "+ccpu.perTask(e.p.latTasks), "  naive    "+ncpu.perTask(e.p.latTasks))
 	}
 	c, n := median(cm), median(nv)
 	r.rows = append(r.rows,
@@ -953,6 +1079,17 @@ func child(mode string, args []string) int {
 func naiveWorker(args []string) error {
 	if len(args) != 5 {
 		return errors.New("naive-worker: want addr opensrs-url digicert-url concurrency task-check")
+	}
+	if path := os.Getenv("CERTMAIL_BENCH_CPUPROFILE"); path != "" {
+		// The same window as the certmail worker's (cmd/worker/benchprof.go).
+		f, err := os.Create(path)
+		if err != nil {
+			return err
+		}
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return err
+		}
+		time.AfterFunc(4*time.Second, func() { pprof.StopCPUProfile(); f.Close() })
 	}
 	conc, err := strconv.Atoi(args[3])
 	if err != nil {
