@@ -87,8 +87,10 @@
 // slot, and a script must name every key in KEYS (strict proxies refuse
 // names built from ARGV; none here does). Every multi-key script stays in
 // one slot:
-//   - The keys of one task share the hash tag {<id>}: claimScript (done,
-//     inflight), addDeadScript (dead, tomb, attempts, done),
+//   - The keys of one task share the hash tag {<id>}: the claim's and the
+//     record's pipelines (inflight, done, attempts, dead: their order
+//     matters, and commands of one slot run in order on one node),
+//     addDeadScript (dead, tomb, attempts, done),
 //     claimDeadScript (dead, deadclaim, tomb), renewDeadScript (deadclaim,
 //     dead), finishDeadScript (dead, deadclaim, tomb, attempts) and
 //     migrateScript (one key's legacy and tagged names: run only when the

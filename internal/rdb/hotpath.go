@@ -33,28 +33,16 @@ func (r *Client) SetDedupMarks(ctx context.Context, hashes, values []string, win
 // RecordAttemptWithResult is RecordAttempt plus asynq's result of the task
 // (what asynq's ResultWriter writes: the field "result" of the task's hash,
 // AsynqTaskKey) in the same pipelined round trip, instead of one round trip
-// for each. The attempt's commands are RecordAttempt's own, queued onto
-// this pipeline (pipelineOnto), so the two can never drift apart. In a
-// Redis Cluster go-redis splits the pipeline by slot, so the task's hash
-// (slot of {queue}) and certmail's keys (slot of the task) may live apart.
+// for each. The attempt's commands are RecordAttempt's own (queueRecord),
+// so the two can never drift apart. In a Redis Cluster go-redis splits the
+// pipeline by slot, so the task's hash (slot of {queue}) and certmail's
+// keys (slot of the task) may live apart.
 func (r *Client) RecordAttemptWithResult(ctx context.Context, a Attempt, l RecordLimits, queue string, result []byte) error {
-	pipe := r.c.Pipeline()
-	pipe.HSet(ctx, AsynqTaskKey(queue, a.TaskID), "result", result)
-	if err := (&Client{c: pipelineOnto{UniversalClient: r.c, p: pipe}}).RecordAttempt(ctx, a, l); err != nil {
-		pipe.Discard()
-		return err
-	}
-	_, err := pipe.Exec(ctx)
-	return err
-}
-
-// pipelineOnto is the client with Pipelined queueing onto p instead of
-// running its own round trip; every other method is the client's.
-type pipelineOnto struct {
-	redis.UniversalClient
-	p redis.Pipeliner
-}
-
-func (o pipelineOnto) Pipelined(ctx context.Context, fn func(redis.Pipeliner) error) ([]redis.Cmder, error) {
-	return nil, fn(o.p)
+	var release *redis.Cmd
+	cmds, err := r.c.Pipelined(ctx, func(p redis.Pipeliner) error {
+		p.HSet(ctx, AsynqTaskKey(queue, a.TaskID), "result", result)
+		release = queueRecord(ctx, p, a, l)
+		return nil
+	})
+	return r.afterRecord(ctx, a, cmds, release, err)
 }

@@ -73,7 +73,7 @@ func (r *Client) MigrateLegacy(ctx context.Context) (Migrated, error) {
 		return nil
 	}
 	var err error
-	if cc, ok := r.c.(*redis.ClusterClient); ok {
+	if cc, ok := r.raw().(*redis.ClusterClient); ok {
 		err = cc.ForEachMaster(ctx, func(ctx context.Context, node *redis.Client) error { return scan(ctx, node) })
 	} else {
 		err = scan(ctx, r.c)
@@ -105,7 +105,7 @@ type scanner interface {
 // migrateKey moves one legacy key (see MigrateLegacy); it returns 1 when
 // it moved it.
 func (r *Client) migrateKey(ctx context.Context, old, key string) (int, error) {
-	if _, ok := r.c.(*redis.ClusterClient); !ok {
+	if _, ok := r.raw().(*redis.ClusterClient); !ok {
 		n, err := migrateScript.Eval(ctx, r.c, []string{old, key}).Int()
 		return max(n, 0), err
 	}

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strconv"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -16,8 +15,18 @@ type Client struct {
 	c redis.UniversalClient
 }
 
-// New returns a Client on c.
-func New(c redis.UniversalClient) *Client { return &Client{c: c} }
+// New returns a Client on c. Its pipelines, the hot path's claim and
+// record among them, are coalesced with those of concurrent callers
+// (coalesce.go).
+func New(c redis.UniversalClient) *Client { return &Client{c: &coalescing{UniversalClient: c}} }
+
+// raw is the go-redis client under the coalescing wrapper.
+func (r *Client) raw() redis.UniversalClient {
+	if c, ok := r.c.(*coalescing); ok {
+		return c.UniversalClient
+	}
+	return r.c
+}
 
 // ms is a lease or TTL in whole milliseconds, at least 1: PX 0 is an error.
 func ms(d time.Duration) int64 { return max(d.Milliseconds(), 1) }
@@ -65,34 +74,77 @@ type RecordLimits struct {
 // longer dead), the success mark, the release of the in-flight claim and
 // the stream entry.
 func (r *Client) RecordAttempt(ctx context.Context, a Attempt, l RecordLimits) error {
-	_, err := r.c.Pipelined(ctx, func(p redis.Pipeliner) error {
-		key := AttemptsKey(a.TaskID)
-		p.RPush(ctx, key, a.JSON)
-		p.LTrim(ctx, key, -l.AttemptsMax, -1)
-		if a.Dead != nil {
-			p.Persist(ctx, key)
-			p.Set(ctx, DeadKey(a.TaskID), a.Dead, 0)
-			p.ZAdd(ctx, DeadIndexKey, redis.Z{Score: float64(a.DiedAt.UnixMilli()), Member: a.TaskID})
-		} else {
-			p.Expire(ctx, key, l.Retention)
-			p.Del(ctx, DeadKey(a.TaskID))
-			p.ZRem(ctx, DeadIndexKey, a.TaskID)
-		}
-		if a.Succeeded {
-			p.Set(ctx, DoneKey(a.TaskID), a.At.UTC().Format(time.RFC3339Nano), l.Retention)
-		}
-		if a.Claim != "" {
-			releaseScript.Eval(ctx, p, []string{InflightKey(a.TaskID)}, a.Claim)
-		}
-		p.XAdd(ctx, &redis.XAddArgs{
-			Stream: OutcomesKey,
-			MaxLen: l.StreamMax,
-			Approx: true,
-			Values: []any{"task_id", a.TaskID, "outcome", a.Outcome, "attempt", a.JSON},
-		})
+	var release *redis.Cmd
+	cmds, err := r.c.Pipelined(ctx, func(p redis.Pipeliner) error {
+		release = queueRecord(ctx, p, a, l)
 		return nil
 	})
+	return r.afterRecord(ctx, a, cmds, release, err)
+}
+
+// queueRecord queues RecordAttempt's commands on p and returns the claim's
+// release (nil without a claim).
+func queueRecord(ctx context.Context, p redis.Pipeliner, a Attempt, l RecordLimits) (release *redis.Cmd) {
+	key := AttemptsKey(a.TaskID)
+	p.RPush(ctx, key, a.JSON)
+	p.LTrim(ctx, key, -l.AttemptsMax, -1)
+	if a.Dead != nil {
+		p.Persist(ctx, key)
+		p.Set(ctx, DeadKey(a.TaskID), a.Dead, 0)
+		p.ZAdd(ctx, DeadIndexKey, redis.Z{Score: float64(a.DiedAt.UnixMilli()), Member: a.TaskID})
+	} else {
+		p.Expire(ctx, key, l.Retention)
+		p.Del(ctx, DeadKey(a.TaskID))
+		p.ZRem(ctx, DeadIndexKey, a.TaskID)
+	}
+	if a.Succeeded {
+		p.Set(ctx, DoneKey(a.TaskID), a.At.UTC().Format(time.RFC3339Nano), l.Retention)
+	}
+	switch {
+	case a.Claim == "":
+	case a.Succeeded:
+		// After the success mark (queued above, so written first) the
+		// claim guards nothing: every later claim reads the mark and
+		// stops (ClaimTask). A plain DEL spares the script, even when the
+		// claim is no longer this delivery's.
+		p.Del(ctx, InflightKey(a.TaskID))
+	default:
+		release = releaseScript.EvalSha(ctx, p, []string{InflightKey(a.TaskID)}, a.Claim)
+	}
+	p.XAdd(ctx, &redis.XAddArgs{
+		Stream: OutcomesKey,
+		MaxLen: l.StreamMax,
+		Approx: true,
+		Values: []any{"task_id", a.TaskID, "outcome", a.Outcome, "attempt", a.JSON},
+	})
+	return release
+}
+
+// afterRecord finishes a record's round trip: when only the claim's
+// release failed, refused with NOSCRIPT (the script cache was empty: a
+// restarted Redis, a new cluster node), everything else is written and the
+// release runs on its own.
+func (r *Client) afterRecord(ctx context.Context, a Attempt, cmds []redis.Cmder, release *redis.Cmd, err error) error {
+	if release != nil && isNoScript(release.Err()) && onlyFailure(cmds, release) {
+		return releaseScript.Eval(ctx, r.c, []string{InflightKey(a.TaskID)}, a.Claim).Err()
+	}
 	return err
+}
+
+// isNoScript reports an EVALSHA refused because the server does not have
+// the script: the script did not run, and EVAL runs it (and caches it).
+// Scripts on the hot path go by EVALSHA, so the server does not hash their
+// text on every call.
+func isNoScript(err error) bool { return err != nil && redis.HasErrorPrefix(err, "NOSCRIPT") }
+
+// onlyFailure reports whether cmd is the only command of cmds that failed.
+func onlyFailure(cmds []redis.Cmder, cmd redis.Cmder) bool {
+	for _, c := range cmds {
+		if c != cmd && c.Err() != nil {
+			return false
+		}
+	}
+	return true
 }
 
 // Claim answers of ClaimTask, as claimScript returns them.
@@ -106,26 +158,49 @@ const (
 // the right to call the provider for ttl, in one round trip. It returns
 // Claimed, AlreadySucceeded with the success time, or InFlight with what is
 // left of the other delivery's claim.
+//
+// The round trip is a pipeline of three plain commands on the task's own
+// slot, run in this order: SET NX the claim, GET the success mark, PTTL the
+// claim. No script is needed because the mark is read after the claim is
+// taken: a record writes the mark before it drops the claim (queueRecord),
+// so a claim won after another delivery's success always reads its mark.
+// When the mark is there the task already succeeded whoever holds the
+// claim; a claim taken then is dropped by the suppressed attempt's record
+// (the handler records it with the claim's token).
 func (r *Client) ClaimTask(ctx context.Context, taskID, token string, ttl time.Duration) (state int, doneAt time.Time, left time.Duration, err error) {
-	res, err := claimScript.Eval(ctx, r.c, []string{DoneKey(taskID), InflightKey(taskID)}, token, ms(ttl)).Slice()
+	var set *redis.BoolCmd
+	var done *redis.StringCmd
+	var pttl *redis.DurationCmd
+	_, _ = r.c.Pipelined(ctx, func(p redis.Pipeliner) error {
+		set = p.SetNX(ctx, InflightKey(taskID), token, ttl)
+		done = p.Get(ctx, DoneKey(taskID))
+		pttl = p.PTTL(ctx, InflightKey(taskID))
+		return nil
+	})
+	if set == nil {
+		// The caller's context ended before the commands were sent.
+		return 0, time.Time{}, 0, ctx.Err()
+	}
+	mark, err := done.Result()
+	switch {
+	case err == nil:
+		at, _ := time.Parse(time.RFC3339Nano, mark)
+		return AlreadySucceeded, at, 0, nil
+	case !errors.Is(err, redis.Nil):
+		return 0, time.Time{}, 0, err
+	}
+	won, err := set.Result()
 	if err != nil {
 		return 0, time.Time{}, 0, err
 	}
-	if len(res) != 2 {
-		return 0, time.Time{}, 0, errUnexpected(res)
-	}
-	st, _ := res[0].(int64)
-	info, _ := res[1].(string)
-	switch st {
-	case AlreadySucceeded:
-		at, _ := time.Parse(time.RFC3339Nano, info)
-		return AlreadySucceeded, at, 0, nil
-	case InFlight:
-		n, _ := strconv.ParseInt(info, 10, 64)
-		return InFlight, time.Time{}, time.Duration(max(n, 0)) * time.Millisecond, nil
-	default:
+	if won {
 		return Claimed, time.Time{}, 0, nil
 	}
+	d, err := pttl.Result()
+	if err != nil {
+		return 0, time.Time{}, 0, err
+	}
+	return InFlight, time.Time{}, max(d, 0), nil
 }
 
 // SucceededAt reads the task's success mark.

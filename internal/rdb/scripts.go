@@ -26,21 +26,6 @@ var releaseScript = redis.NewScript(`if redis.call("GET", KEYS[1]) == ARGV[1] th
 // Returns 1 when replaced, 0 when the key held something else or nothing.
 var setIfScript = redis.NewScript(`if redis.call("GET", KEYS[1]) == ARGV[1] then redis.call("SET", KEYS[1], ARGV[2], "PX", ARGV[3]) return 1 end return 0`)
 
-// claimScript checks the success mark first, then takes the in-flight claim
-// with SET NX, so that a redelivered or concurrently delivered task does not
-// call the provider twice.
-//
-// KEYS[1] DoneKey, KEYS[2] InflightKey (same hash tag). ARGV[1] the
-// delivery's token, ARGV[2] the claim's lease in ms.
-// Returns {0, ""} when claimed, {1, success time} when the task already
-// succeeded, {2, remaining lease in ms} when another delivery holds it.
-var claimScript = redis.NewScript(`
-local done = redis.call("GET", KEYS[1])
-if done then return {1, done} end
-if redis.call("SET", KEYS[2], ARGV[1], "NX", "PX", ARGV[2]) then return {0, ""} end
-return {2, tostring(redis.call("PTTL", KEYS[2]))}
-`)
-
 // addDeadScript adds a dead letter found in asynq's archive, only if there
 // is no record yet, no tombstone, and no success mark: a sweep that listed
 // the archive just before an operator replayed or deleted the task never

@@ -310,6 +310,9 @@ func (h *Handler) claim(ctx context.Context, id string, a *outcome.Attempt, last
 			a.Claim = token
 			return state, at, nil
 		case outcome.AlreadySucceeded:
+			// The claim may have been taken before the success mark was
+			// read (rdb.ClaimTask): the suppressed attempt's record drops it.
+			a.Claim = token
 			return state, at, nil
 		}
 		if !last {
