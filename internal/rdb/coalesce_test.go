@@ -52,14 +52,16 @@ func TestCoalescedCallersGetTheirOwnCommands(t *testing.T) {
 		c.AddHook(g)
 		r := New(c)
 
-		// The first caller's round trip is held at the hook, so the
-		// next callers queue behind it.
-		first := make(chan error, 1)
-		go func() {
-			_, err := r.c.Pipelined(ctx, func(p redis.Pipeliner) error { p.Incr(ctx, "first"); return nil })
-			first <- err
-		}()
-		<-g.seen
+		// The first callers' round trips (one per flusher) are held at
+		// the hook, so the next callers queue behind them.
+		first := make(chan error, maxFlushers)
+		for range maxFlushers {
+			go func() {
+				_, err := r.c.Pipelined(ctx, func(p redis.Pipeliner) error { p.Incr(ctx, "first"); return nil })
+				first <- err
+			}()
+			<-g.seen
+		}
 		const callers = 20
 		type answer struct {
 			cmds []redis.Cmder
@@ -85,9 +87,11 @@ func TestCoalescedCallersGetTheirOwnCommands(t *testing.T) {
 		require.Eventually(t, func() bool { return queueLen(r) == callers }, 5*time.Second, time.Millisecond)
 		close(g.open)
 		wg.Wait()
-		require.NoError(t, <-first)
+		for range maxFlushers {
+			require.NoError(t, <-first)
+		}
 
-		require.Equal(t, int64(2), g.n.Load(), "one round trip for the first caller, one for the %d queued behind it", callers)
+		require.Equal(t, int64(maxFlushers+1), g.n.Load(), "one round trip for each first caller, one for the %d queued behind them", callers)
 		for i, a := range answers {
 			want := 2
 			if i%5 == 0 {
@@ -123,12 +127,14 @@ func TestCoalescedCallerGoneBeforeSend(t *testing.T) {
 		r := New(c)
 		ctx := t.Context()
 
-		held := make(chan error, 1)
-		go func() {
-			_, err := r.c.Pipelined(ctx, func(p redis.Pipeliner) error { p.Set(ctx, "held", "1", 0); return nil })
-			held <- err
-		}()
-		<-g.seen
+		held := make(chan error, maxFlushers)
+		for i := range maxFlushers {
+			go func() {
+				_, err := r.c.Pipelined(ctx, func(p redis.Pipeliner) error { p.Set(ctx, fmt.Sprint("held", i), "1", 0); return nil })
+				held <- err
+			}()
+			<-g.seen
+		}
 
 		gone, cancel := context.WithCancel(ctx)
 		goneErr := make(chan error, 1)
@@ -153,11 +159,13 @@ func TestCoalescedCallerGoneBeforeSend(t *testing.T) {
 		cancel()
 		require.ErrorIs(t, <-goneErr, context.Canceled)
 		close(g.open)
-		require.NoError(t, <-held)
+		for range maxFlushers {
+			require.NoError(t, <-held)
+		}
 		require.EqualError(t, <-failErr, "fn refused")
 		require.NoError(t, <-okErr)
 
-		n, err := c.Exists(ctx, "held", "beside").Result()
+		n, err := c.Exists(ctx, "held0", "beside").Result()
 		require.NoError(t, err)
 		require.Equal(t, int64(2), n)
 		n, err = c.Exists(ctx, "gone", "failed-fn").Result()
