@@ -87,10 +87,10 @@
 // slot, and a script must name every key in KEYS (strict proxies refuse
 // names built from ARGV; none here does). Every multi-key script stays in
 // one slot:
-//   - The keys of one task share the hash tag {<id>}: the claim's and the
-//     record's pipelines (inflight, done, attempts, dead: their order
-//     matters, and commands of one slot run in order on one node),
-//     addDeadScript (dead, tomb, attempts, done),
+//   - The keys of one task share the hash tag {<id>}: recordScript
+//     (attempts, dead, done, inflight), the claim's pipeline (inflight,
+//     then done: their order matters, and commands of one slot run in
+//     order on one node), addDeadScript (dead, tomb, attempts, done),
 //     claimDeadScript (dead, deadclaim, tomb), renewDeadScript (deadclaim,
 //     dead), finishDeadScript (dead, deadclaim, tomb, attempts) and
 //     migrateScript (one key's legacy and tagged names: run only when the
@@ -123,7 +123,8 @@
 //     own tagged keys with one EXISTS) after the claim, in a pipeline: only
 //     a holder of the claim enqueues the successor, so whatever an earlier
 //     holder enqueued is visible once the claim is won.
-//   - Pipelines (RecordAttempt, DeleteDead, HasDead, DeadRecords,
+//   - Pipelines (RecordAttempt: recordScript, then the index entry and
+//     the stream entry; DeleteDead, HasDead, DeadRecords,
 //     DeadIndexed, DropDeadIndex, DedupMark) are of single-key commands and
 //     EVALs; a cluster client splits them per node (a round trip per node,
 //     not one). DeadRecords is per-key GETs, not an MGET.

@@ -38,11 +38,11 @@ func (r *Client) SetDedupMarks(ctx context.Context, hashes, values []string, win
 // pipeline by slot, so the task's hash (slot of {queue}) and certmail's
 // keys (slot of the task) may live apart.
 func (r *Client) RecordAttemptWithResult(ctx context.Context, a Attempt, l RecordLimits, queue string, result []byte) error {
-	var release *redis.Cmd
+	var record *redis.Cmd
 	cmds, err := r.c.Pipelined(ctx, func(p redis.Pipeliner) error {
 		p.HSet(ctx, AsynqTaskKey(queue, a.TaskID), "result", result)
-		release = queueRecord(ctx, p, a, l)
+		record = queueRecord(ctx, p, a, l)
 		return nil
 	})
-	return r.afterRecord(ctx, a, cmds, release, err)
+	return r.afterRecord(ctx, a, l, cmds, record, err)
 }

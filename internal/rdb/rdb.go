@@ -67,49 +67,42 @@ type RecordLimits struct {
 	AttemptsMax int64         // newest attempts kept per task
 }
 
-// RecordAttempt writes one attempt in a single pipelined round trip: the
-// history (capped, expiring unless the task is dead), the dead-letter
-// record and index entry (added when dead, removed otherwise: a task
-// replayed from the dashboard keeps its ID, and once it runs again it is no
-// longer dead), the success mark, the release of the in-flight claim and
-// the stream entry.
+// RecordAttempt writes one attempt in a single pipelined round trip:
+// recordScript writes the task's own keys (the history, capped and expiring
+// unless the task is dead; the dead-letter record, added when dead, removed
+// otherwise; the success mark; the release of the in-flight claim), then
+// the dead-letter index entry (added or removed with the record) and the
+// stream entry.
 func (r *Client) RecordAttempt(ctx context.Context, a Attempt, l RecordLimits) error {
-	var release *redis.Cmd
+	var record *redis.Cmd
 	cmds, err := r.c.Pipelined(ctx, func(p redis.Pipeliner) error {
-		release = queueRecord(ctx, p, a, l)
+		record = queueRecord(ctx, p, a, l)
 		return nil
 	})
-	return r.afterRecord(ctx, a, cmds, release, err)
+	return r.afterRecord(ctx, a, l, cmds, record, err)
 }
 
-// queueRecord queues RecordAttempt's commands on p and returns the claim's
-// release (nil without a claim).
-func queueRecord(ctx context.Context, p redis.Pipeliner, a Attempt, l RecordLimits) (release *redis.Cmd) {
-	key := AttemptsKey(a.TaskID)
-	p.RPush(ctx, key, a.JSON)
-	p.LTrim(ctx, key, -l.AttemptsMax, -1)
+// recordArgs are recordScript's keys and arguments for a.
+func recordArgs(a Attempt, l RecordLimits) (keys []string, args []any) {
+	var dead, mark string
 	if a.Dead != nil {
-		p.Persist(ctx, key)
-		p.Set(ctx, DeadKey(a.TaskID), a.Dead, 0)
-		p.ZAdd(ctx, DeadIndexKey, redis.Z{Score: float64(a.DiedAt.UnixMilli()), Member: a.TaskID})
-	} else {
-		p.Expire(ctx, key, l.Retention)
-		p.Del(ctx, DeadKey(a.TaskID))
-		p.ZRem(ctx, DeadIndexKey, a.TaskID)
+		dead = string(a.Dead)
 	}
 	if a.Succeeded {
-		p.Set(ctx, DoneKey(a.TaskID), a.At.UTC().Format(time.RFC3339Nano), l.Retention)
+		mark = a.At.UTC().Format(time.RFC3339Nano)
 	}
-	switch {
-	case a.Claim == "":
-	case a.Succeeded:
-		// After the success mark (queued above, so written first) the
-		// claim guards nothing: every later claim reads the mark and
-		// stops (ClaimTask). A plain DEL spares the script, even when the
-		// claim is no longer this delivery's.
-		p.Del(ctx, InflightKey(a.TaskID))
-	default:
-		release = releaseScript.EvalSha(ctx, p, []string{InflightKey(a.TaskID)}, a.Claim)
+	keys = []string{AttemptsKey(a.TaskID), DeadKey(a.TaskID), DoneKey(a.TaskID), InflightKey(a.TaskID)}
+	return keys, []any{a.JSON, -l.AttemptsMax, ms(l.Retention), dead, mark, a.Claim}
+}
+
+// queueRecord queues RecordAttempt's commands on p and returns recordScript's.
+func queueRecord(ctx context.Context, p redis.Pipeliner, a Attempt, l RecordLimits) (record *redis.Cmd) {
+	keys, args := recordArgs(a, l)
+	record = recordScript.EvalSha(ctx, p, keys, args...)
+	if a.Dead != nil {
+		p.ZAdd(ctx, DeadIndexKey, redis.Z{Score: float64(a.DiedAt.UnixMilli()), Member: a.TaskID})
+	} else {
+		p.ZRem(ctx, DeadIndexKey, a.TaskID)
 	}
 	p.XAdd(ctx, &redis.XAddArgs{
 		Stream: OutcomesKey,
@@ -117,16 +110,17 @@ func queueRecord(ctx context.Context, p redis.Pipeliner, a Attempt, l RecordLimi
 		Approx: true,
 		Values: []any{"task_id", a.TaskID, "outcome", a.Outcome, "attempt", a.JSON},
 	})
-	return release
+	return record
 }
 
-// afterRecord finishes a record's round trip: when only the claim's
-// release failed, refused with NOSCRIPT (the script cache was empty: a
-// restarted Redis, a new cluster node), everything else is written and the
-// release runs on its own.
-func (r *Client) afterRecord(ctx context.Context, a Attempt, cmds []redis.Cmder, release *redis.Cmd, err error) error {
-	if release != nil && isNoScript(release.Err()) && onlyFailure(cmds, release) {
-		return releaseScript.Eval(ctx, r.c, []string{InflightKey(a.TaskID)}, a.Claim).Err()
+// afterRecord finishes a record's round trip: when only recordScript
+// failed, refused with NOSCRIPT (the script cache was empty: a restarted
+// Redis, a new cluster node), the rest is written and the script runs on
+// its own with EVAL, which caches it for the next EVALSHA.
+func (r *Client) afterRecord(ctx context.Context, a Attempt, l RecordLimits, cmds []redis.Cmder, record *redis.Cmd, err error) error {
+	if record != nil && isNoScript(record.Err()) && onlyFailure(cmds, record) {
+		keys, args := recordArgs(a, l)
+		return recordScript.Eval(ctx, r.c, keys, args...).Err()
 	}
 	return err
 }
@@ -147,7 +141,7 @@ func onlyFailure(cmds []redis.Cmder, cmd redis.Cmder) bool {
 	return true
 }
 
-// Claim answers of ClaimTask, as claimScript returns them.
+// Claim answers of ClaimTask.
 const (
 	Claimed          = 0
 	AlreadySucceeded = 1
@@ -159,22 +153,21 @@ const (
 // Claimed, AlreadySucceeded with the success time, or InFlight with what is
 // left of the other delivery's claim.
 //
-// The round trip is a pipeline of three plain commands on the task's own
-// slot, run in this order: SET NX the claim, GET the success mark, PTTL the
-// claim. No script is needed because the mark is read after the claim is
-// taken: a record writes the mark before it drops the claim (queueRecord),
-// so a claim won after another delivery's success always reads its mark.
-// When the mark is there the task already succeeded whoever holds the
-// claim; a claim taken then is dropped by the suppressed attempt's record
-// (the handler records it with the claim's token).
+// The round trip is a pipeline of two plain commands on the task's own
+// slot, run in this order: SET NX the claim, GET the success mark. No
+// script is needed because the mark is read after the claim is taken: a
+// record writes the mark before it drops the claim (recordScript), so a
+// claim won after another delivery's success always reads its mark. When
+// the mark is there the task already succeeded whoever holds the claim; a
+// claim taken then is dropped by the suppressed attempt's record (the
+// handler records it with the claim's token). Only a claim held by another
+// delivery costs a second round trip, for what is left of it (PTTL).
 func (r *Client) ClaimTask(ctx context.Context, taskID, token string, ttl time.Duration) (state int, doneAt time.Time, left time.Duration, err error) {
 	var set *redis.BoolCmd
 	var done *redis.StringCmd
-	var pttl *redis.DurationCmd
 	_, _ = r.c.Pipelined(ctx, func(p redis.Pipeliner) error {
 		set = p.SetNX(ctx, InflightKey(taskID), token, ttl)
 		done = p.Get(ctx, DoneKey(taskID))
-		pttl = p.PTTL(ctx, InflightKey(taskID))
 		return nil
 	})
 	if set == nil {
@@ -196,10 +189,11 @@ func (r *Client) ClaimTask(ctx context.Context, taskID, token string, ttl time.D
 	if won {
 		return Claimed, time.Time{}, 0, nil
 	}
-	d, err := pttl.Result()
+	d, err := r.c.PTTL(ctx, InflightKey(taskID)).Result()
 	if err != nil {
 		return 0, time.Time{}, 0, err
 	}
+	// -2: the claim ended since the SET NX; 0 sends the caller back at once.
 	return InFlight, time.Time{}, max(d, 0), nil
 }
 

@@ -83,3 +83,55 @@ func TestHotPathRoundTrips(t *testing.T) {
 		}
 	})
 }
+
+// TestRecordAfterScriptCacheEmptied: right after a Redis restart (or on a
+// new cluster node) the server no longer has recordScript, and the
+// record's EVALSHA is refused with NOSCRIPT. The record must still be
+// written whole, and the pipeline's other commands (the stream entry, the
+// result) exactly once: only the script is sent again.
+func TestRecordAfterScriptCacheEmptied(t *testing.T) {
+	t.Parallel()
+	redistest.Each(t, func(t *testing.T, b redistest.Backend) {
+		c := b.Client(t)
+		r := New(c)
+		ctx := t.Context()
+		limits := RecordLimits{Retention: time.Hour, StreamMax: 1000, AttemptsMax: 100}
+		tests := []struct {
+			name   string
+			record func(Attempt) error
+		}{
+			{"RecordAttempt", func(a Attempt) error { return r.RecordAttempt(ctx, a, limits) }},
+			{"RecordAttemptWithResult", func(a Attempt) error {
+				return r.RecordAttemptWithResult(ctx, a, limits, "opensrs", []byte(`{"ok":true}`))
+			}},
+		}
+		for _, tc := range tests {
+			t.Run(tc.name, func(t *testing.T) {
+				id := "flushed-" + tc.name
+				state, _, _, err := r.ClaimTask(ctx, id, "tok", time.Minute)
+				require.NoError(t, err)
+				require.Equal(t, Claimed, state)
+				streamBefore, err := c.XLen(ctx, OutcomesKey).Result()
+				require.NoError(t, err)
+				require.NoError(t, c.ScriptFlush(ctx).Err())
+
+				require.NoError(t, tc.record(Attempt{TaskID: id, Outcome: "succeeded", JSON: []byte(`{"n":1}`),
+					Succeeded: true, At: time.Now(), Claim: "tok"}))
+
+				hist, err := c.LRange(ctx, AttemptsKey(id), 0, -1).Result()
+				require.NoError(t, err)
+				require.Equal(t, []string{`{"n":1}`}, hist, "the history holds the attempt once")
+				streamAfter, err := c.XLen(ctx, OutcomesKey).Result()
+				require.NoError(t, err)
+				require.Equal(t, streamBefore+1, streamAfter, "one stream entry")
+				require.Equal(t, int64(1), c.Exists(ctx, DoneKey(id)).Val(), "the success mark")
+				require.Zero(t, c.Exists(ctx, InflightKey(id)).Val(), "the claim released")
+
+				// The script is cached again: the next record goes by EVALSHA.
+				ok, err := c.ScriptExists(ctx, recordScript.Hash()).Result()
+				require.NoError(t, err)
+				require.Equal(t, []bool{true}, ok)
+			})
+		}
+	})
+}

@@ -2,10 +2,11 @@ package rdb
 
 import "github.com/redis/go-redis/v9"
 
-// Every Lua script certmail runs. The outcome and dead-letter methods send
-// them with EVAL (one round trip always, also right after a Redis restart);
-// the dedup methods use redis.Script.Run, EVALSHA falling back to EVAL, as
-// they always did.
+// Every Lua script certmail runs. The hot path's recordScript goes by
+// EVALSHA inside its pipeline, falling back to EVAL alone when the server
+// answers NOSCRIPT (RecordAttempt); the dead-letter methods send theirs
+// with EVAL (one round trip always, also right after a Redis restart); the
+// dedup methods use redis.Script.Run, EVALSHA falling back to EVAL.
 
 // releaseScript deletes a claim or mark only if it still holds the caller's
 // value: a holder that outlived its lease must not free a newer holder's
@@ -15,6 +16,45 @@ import "github.com/redis/go-redis/v9"
 // KEYS[1] the claim or mark. ARGV[1] the caller's value.
 // Returns 1 when deleted, 0 when the key held something else or nothing.
 var releaseScript = redis.NewScript(`if redis.call("GET", KEYS[1]) == ARGV[1] then return redis.call("DEL", KEYS[1]) end return 0`)
+
+// recordScript writes the task's own part of an attempt's record (every
+// key tagged {<id>}) in one step: the history entry, capped and expiring
+// unless the task is dead; the dead-letter record written when dead, removed
+// otherwise (a task run again from the dashboard keeps its ID, and once it
+// runs again it is no longer dead); the success mark; and the release of
+// the delivery's in-flight claim. One script instead of six commands: on
+// the hot path every command costs the worker a go-redis command object,
+// its encoding and its reply (BENCHMARKS.md). The mark is written before
+// the claim goes, as ClaimTask relies on; after the mark the claim guards
+// nothing, so a success drops it whoever holds it, while any other outcome
+// drops it only if it is still this delivery's (a holder that outlived its
+// lease must not free a newer holder's claim). RecordAttempt sends the
+// dead-letter index entry and the outcomes stream entry (other slots) in
+// the same pipeline, after it.
+//
+// KEYS[1] AttemptsKey, KEYS[2] DeadKey, KEYS[3] DoneKey, KEYS[4]
+// InflightKey. ARGV[1] the encoded attempt, ARGV[2] the newest attempts
+// kept, as a negative LTRIM start (-N; 0 keeps all), ARGV[3] the retention in ms,
+// ARGV[4] the dead-letter record or "", ARGV[5] the success mark or "",
+// ARGV[6] the claim token or "". Returns 1.
+var recordScript = redis.NewScript(`
+redis.call("RPUSH", KEYS[1], ARGV[1])
+redis.call("LTRIM", KEYS[1], ARGV[2], -1)
+if ARGV[4] ~= "" then
+  redis.call("PERSIST", KEYS[1])
+  redis.call("SET", KEYS[2], ARGV[4])
+else
+  redis.call("PEXPIRE", KEYS[1], ARGV[3])
+  redis.call("DEL", KEYS[2])
+end
+if ARGV[5] ~= "" then
+  redis.call("SET", KEYS[3], ARGV[5], "PX", ARGV[3])
+  if ARGV[6] ~= "" then redis.call("DEL", KEYS[4]) end
+elseif ARGV[6] ~= "" and redis.call("GET", KEYS[4]) == ARGV[6] then
+  redis.call("DEL", KEYS[4])
+end
+return 1
+`)
 
 // setIfScript replaces a value only if the key still holds the caller's:
 // the HTTP API's idempotency record goes from the caller's pending value to

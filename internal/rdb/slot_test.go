@@ -42,7 +42,7 @@ func TestSlots(t *testing.T) {
 		name string
 		keys []string
 	}{
-		{"claim and record pipelines (in order on one node)", []string{InflightKey(id), DoneKey(id), AttemptsKey(id), DeadKey(id)}},
+		{"recordScript and the claim pipeline (in order on one node)", []string{AttemptsKey(id), DeadKey(id), DoneKey(id), InflightKey(id)}},
 		{"acquireSlotScript", []string{SlotsKey("opensrs", "0123456789abcdef")}},
 		{"setIfScript", []string{IdempotencyKey("9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08")}},
 		{"outageScripts", []string{OutageKey("digicert", "0123456789abcdef"), OutageFailsKey("digicert", "0123456789abcdef")}},
