@@ -176,6 +176,7 @@ func (h *Handler) now() time.Time {
 // task (SkipRetry, or a counted failure with no retry left) also writes the
 // task's dead letter, so that none waits for the archive sweep.
 func (h *Handler) ProcessTask(ctx context.Context, t *asynq.Task) (err error) {
+	growStack()
 	h.enter()
 	defer h.leave()
 	at := h.begin(ctx, t)
@@ -222,6 +223,26 @@ func (h *Handler) ProcessTask(ctx context.Context, t *asynq.Task) (err error) {
 	}
 	return h.settle(ctx, at, stepCall, err, latency)
 }
+
+// growStack makes the runtime give the calling goroutine a 32 KiB stack at
+// once. asynq runs each task in a new goroutine, which starts with a small
+// stack and doubled it three or four times on the way down to the provider
+// call, the record and the log line, each time copying a deep stack: 5 % of
+// the worker's CPU in the throughput profile (BENCHMARKS.md). One copy at
+// the top, with two frames on the stack, is cheap; the stack returns to the
+// runtime's cache when the goroutine ends. (CockroachDB's growstack does
+// the same for the same reason.)
+//
+//go:noinline
+func growStack() {
+	var buf [16 << 10]byte
+	keep(buf[:])
+}
+
+// keep stops the compiler from dropping growStack's buffer.
+//
+//go:noinline
+func keep([]byte) {}
 
 // attempt is one ProcessTask call: the task, its asynq counters, its
 // decoded payload and the record being filled in.
