@@ -1,6 +1,7 @@
 package rdb
 
 import (
+	"cmp"
 	"context"
 	"sync"
 	"sync/atomic"
@@ -54,8 +55,20 @@ type queued struct {
 	err   error
 }
 
-// coalescing is the client with Pipelined coalesced; every other method is
-// the client's own.
+// Coalesce returns c with its pipelines and its EVALSHA calls coalesced
+// (c itself when it already is). The worker hands the result to asynq as
+// well as to its own store: asynq runs each per-task step (dequeue, ack,
+// retry, archive) as one script through EvalSha, so its round trips ride
+// in the same batches as the claims and records of the handlers.
+func Coalesce(c redis.UniversalClient) redis.UniversalClient {
+	if _, ok := c.(*coalescing); ok {
+		return c
+	}
+	return &coalescing{UniversalClient: c}
+}
+
+// coalescing is the client with Pipelined and EvalSha coalesced; every
+// other method is the client's own.
 type coalescing struct {
 	redis.UniversalClient
 	mu       sync.Mutex
@@ -63,6 +76,30 @@ type coalescing struct {
 	flushers int
 }
 
+// EvalSha is the client's EvalSha, sent in a coalesced round trip. Its
+// answer, a NOSCRIPT refusal or redis.Nil included, is the command's own,
+// as from a plain call (go-redis's Script.Run falls back to EVAL on it).
+func (c *coalescing) EvalSha(ctx context.Context, sha1 string, keys []string, args ...any) *redis.Cmd {
+	cmds, err := c.Pipelined(ctx, func(p redis.Pipeliner) error {
+		p.EvalSha(ctx, sha1, keys, args...)
+		return nil
+	})
+	if len(cmds) == 1 {
+		if cmd, ok := cmds[0].(*redis.Cmd); ok {
+			return cmd
+		}
+	}
+	cmd := redis.NewCmd(ctx, "evalsha", sha1)
+	cmd.SetErr(cmp.Or(err, errUnexpected(len(cmds))))
+	return cmd
+}
+
+// Pipelined runs fn's commands in a coalesced round trip and returns them
+// with the first error among them, like the client's Pipelined. When the
+// caller's context ends first it returns nil commands and the context's
+// error: fn may then still be running, or its commands be read, on a
+// flusher, so a caller must not touch what fn captured (the commands it
+// queued) unless the returned commands are there.
 func (c *coalescing) Pipelined(ctx context.Context, fn func(redis.Pipeliner) error) ([]redis.Cmder, error) {
 	q := &queued{ctx: ctx, fn: fn, done: make(chan struct{})}
 	c.mu.Lock()

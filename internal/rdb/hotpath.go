@@ -1,6 +1,7 @@
 package rdb
 
 import (
+	"cmp"
 	"context"
 	"time"
 
@@ -17,15 +18,20 @@ import (
 // mark may still have been set if only the reply was lost).
 func (r *Client) SetDedupMarks(ctx context.Context, hashes, values []string, window time.Duration) (set []bool, errs []error) {
 	set, errs = make([]bool, len(hashes)), make([]error, len(hashes))
-	cmds := make([]*redis.BoolCmd, len(hashes))
-	_, _ = r.c.Pipelined(ctx, func(p redis.Pipeliner) error {
+	cmds, err := r.c.Pipelined(ctx, func(p redis.Pipeliner) error {
 		for i, h := range hashes {
-			cmds[i] = p.SetNX(ctx, DedupKey(h), values[i], window)
+			p.SetNX(ctx, DedupKey(h), values[i], window)
 		}
 		return nil
 	})
-	for i, c := range cmds {
-		set[i], errs[i] = c.Result()
+	for i := range hashes {
+		if len(cmds) != len(hashes) {
+			// Not sent, or the caller's context ended before the answer
+			// (coalescing.Pipelined): any mark may have been set.
+			errs[i] = cmp.Or(err, errUnexpected(len(cmds)))
+			continue
+		}
+		set[i], errs[i] = cmds[i].(*redis.BoolCmd).Result()
 	}
 	return set, errs
 }

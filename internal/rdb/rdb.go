@@ -1,6 +1,7 @@
 package rdb
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -18,7 +19,7 @@ type Client struct {
 // New returns a Client on c. Its pipelines, the hot path's claim and
 // record among them, are coalesced with those of concurrent callers
 // (coalesce.go).
-func New(c redis.UniversalClient) *Client { return &Client{c: &coalescing{UniversalClient: c}} }
+func New(c redis.UniversalClient) *Client { return &Client{c: Coalesce(c)} }
 
 // raw is the go-redis client under the coalescing wrapper.
 func (r *Client) raw() redis.UniversalClient {
@@ -118,7 +119,9 @@ func queueRecord(ctx context.Context, p redis.Pipeliner, a Attempt, l RecordLimi
 // Redis, a new cluster node), the rest is written and the script runs on
 // its own with EVAL, which caches it for the next EVALSHA.
 func (r *Client) afterRecord(ctx context.Context, a Attempt, l RecordLimits, cmds []redis.Cmder, record *redis.Cmd, err error) error {
-	if record != nil && isNoScript(record.Err()) && onlyFailure(cmds, record) {
+	// Without its commands back the caller's context ended first
+	// (coalescing.Pipelined), and record may still be in use by a flusher.
+	if len(cmds) > 0 && isNoScript(record.Err()) && onlyFailure(cmds, record) {
 		keys, args := recordArgs(a, l)
 		return recordScript.Eval(ctx, r.c, keys, args...).Err()
 	}
@@ -163,17 +166,18 @@ const (
 // handler records it with the claim's token). Only a claim held by another
 // delivery costs a second round trip, for what is left of it (PTTL).
 func (r *Client) ClaimTask(ctx context.Context, taskID, token string, ttl time.Duration) (state int, doneAt time.Time, left time.Duration, err error) {
-	var set *redis.BoolCmd
-	var done *redis.StringCmd
-	_, _ = r.c.Pipelined(ctx, func(p redis.Pipeliner) error {
-		set = p.SetNX(ctx, InflightKey(taskID), token, ttl)
-		done = p.Get(ctx, DoneKey(taskID))
+	cmds, err := r.c.Pipelined(ctx, func(p redis.Pipeliner) error {
+		p.SetNX(ctx, InflightKey(taskID), token, ttl)
+		p.Get(ctx, DoneKey(taskID))
 		return nil
 	})
-	if set == nil {
-		// The caller's context ended before the commands were sent.
-		return 0, time.Time{}, 0, ctx.Err()
+	if len(cmds) != 2 {
+		// Not sent, or the caller's context ended before the answer
+		// (coalescing.Pipelined): the claim may have been taken, and
+		// expires with ttl.
+		return 0, time.Time{}, 0, cmp.Or(err, errUnexpected(len(cmds)))
 	}
+	set, done := cmds[0].(*redis.BoolCmd), cmds[1].(*redis.StringCmd)
 	mark, err := done.Result()
 	switch {
 	case err == nil:
