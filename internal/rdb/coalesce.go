@@ -1,7 +1,6 @@
 package rdb
 
 import (
-	"cmp"
 	"context"
 	"sync"
 	"sync/atomic"
@@ -55,43 +54,24 @@ type queued struct {
 	err   error
 }
 
-// Coalesce returns c with its pipelines and its EVALSHA calls coalesced
-// (c itself when it already is). The worker hands the result to asynq as
-// well as to its own store: asynq runs each per-task step (dequeue, ack,
-// retry, archive) as one script through EvalSha, so its round trips ride
-// in the same batches as the claims and records of the handlers.
-func Coalesce(c redis.UniversalClient) redis.UniversalClient {
+// coalesce returns c with its pipelines coalesced (c itself when it
+// already is).
+func coalesce(c redis.UniversalClient) redis.UniversalClient {
 	if _, ok := c.(*coalescing); ok {
 		return c
 	}
 	return &coalescing{UniversalClient: c}
 }
 
-// coalescing is the client with Pipelined and EvalSha coalesced; every
-// other method is the client's own.
+// coalescing is the client with Pipelined coalesced; every other method is
+// the client's own. (Coalescing asynq's own scripts too, by handing asynq
+// this client with EvalSha coalesced, was measured and made the worker
+// slower: BENCHMARKS.md.)
 type coalescing struct {
 	redis.UniversalClient
 	mu       sync.Mutex
 	queue    []*queued
 	flushers int
-}
-
-// EvalSha is the client's EvalSha, sent in a coalesced round trip. Its
-// answer, a NOSCRIPT refusal or redis.Nil included, is the command's own,
-// as from a plain call (go-redis's Script.Run falls back to EVAL on it).
-func (c *coalescing) EvalSha(ctx context.Context, sha1 string, keys []string, args ...any) *redis.Cmd {
-	cmds, err := c.Pipelined(ctx, func(p redis.Pipeliner) error {
-		p.EvalSha(ctx, sha1, keys, args...)
-		return nil
-	})
-	if len(cmds) == 1 {
-		if cmd, ok := cmds[0].(*redis.Cmd); ok {
-			return cmd
-		}
-	}
-	cmd := redis.NewCmd(ctx, "evalsha", sha1)
-	cmd.SetErr(cmp.Or(err, errUnexpected(len(cmds))))
-	return cmd
 }
 
 // Pipelined runs fn's commands in a coalesced round trip and returns them

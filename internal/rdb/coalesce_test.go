@@ -232,93 +232,6 @@ func TestClaimRaceOneCallPerTask(t *testing.T) {
 	})
 }
 
-// holdFlushers sends one pipeline per flusher and waits until each is held
-// at the gate; the returned channel gets their errors once it opens.
-func holdFlushers(t *testing.T, r *Client, g *gate) <-chan error {
-	t.Helper()
-	held := make(chan error, maxFlushers)
-	for i := range maxFlushers {
-		go func() {
-			_, err := r.c.Pipelined(t.Context(), func(p redis.Pipeliner) error {
-				p.Set(t.Context(), fmt.Sprint("held", i), "1", 0)
-				return nil
-			})
-			held <- err
-		}()
-		<-g.seen
-	}
-	return held
-}
-
-// TestCoalescedEvalSha: EVALSHA calls (asynq runs every per-task step as
-// one) ride in the same round trip as the pipelines queued beside them,
-// and each caller gets its script's own answer: a value, redis.Nil (Lua
-// false, asynq's "no task"), or NOSCRIPT, on which go-redis's Script.Run
-// falls back to EVAL.
-func TestCoalescedEvalSha(t *testing.T) {
-	t.Parallel()
-	redistest.Each(t, func(t *testing.T, b redistest.Backend) {
-		c := b.Client(t)
-		ctx := t.Context()
-		echo := redis.NewScript(`return ARGV[1]`)
-		nothing := redis.NewScript(`return false`)
-		require.NoError(t, echo.Load(ctx, c).Err())
-		require.NoError(t, nothing.Load(ctx, c).Err())
-		g := newGate()
-		c.AddHook(g)
-		r := New(c)
-		cc := Coalesce(c)
-		require.Same(t, cc, Coalesce(cc), "wrapping twice changes nothing")
-		held := holdFlushers(t, r, g)
-		before := g.n.Load()
-
-		type answer struct {
-			v   any
-			err error
-		}
-		answers := make(chan answer, 3)
-		for _, call := range []func() *redis.Cmd{
-			func() *redis.Cmd { return r.c.EvalSha(ctx, echo.Hash(), nil, "hello") },
-			func() *redis.Cmd { return r.c.EvalSha(ctx, nothing.Hash(), nil) },
-			func() *redis.Cmd { return r.c.EvalSha(ctx, "0123456789012345678901234567890123456789", nil) },
-		} {
-			go func() { v, err := call().Result(); answers <- answer{v, err} }()
-		}
-		piped := make(chan error, 1)
-		go func() {
-			_, err := r.c.Pipelined(ctx, func(p redis.Pipeliner) error { p.Set(ctx, "beside", "1", 0); return nil })
-			piped <- err
-		}()
-		require.Eventually(t, func() bool { return queueLen(r) == 4 }, 5*time.Second, time.Millisecond)
-		close(g.open)
-		for range maxFlushers {
-			require.NoError(t, <-held)
-		}
-		require.NoError(t, <-piped)
-		var values []any
-		var errs []string
-		for range 3 {
-			a := <-answers
-			switch {
-			case a.err == nil:
-				values = append(values, a.v)
-			case errors.Is(a.err, redis.Nil):
-				errs = append(errs, "nil")
-			default:
-				require.True(t, isNoScript(a.err), "%v", a.err)
-				errs = append(errs, "NOSCRIPT")
-			}
-		}
-		require.Equal(t, []any{"hello"}, values)
-		require.ElementsMatch(t, []string{"nil", "NOSCRIPT"}, errs)
-		require.Equal(t, before+1, g.n.Load(), "three scripts and a pipeline in one round trip")
-
-		v, err := echo.Run(ctx, Coalesce(c), nil, "via Run").Result()
-		require.NoError(t, err)
-		require.Equal(t, "via Run", v)
-	})
-}
-
 // TestCoalescedCallerGoneDuringSend: a caller whose context ends while its
 // round trip is out gets its context's error at once, without touching
 // the commands a flusher is still reading into (-race sees it), and the
@@ -328,11 +241,9 @@ func TestCoalescedCallerGoneDuringSend(t *testing.T) {
 	redistest.Each(t, func(t *testing.T, b redistest.Backend) {
 		c := b.Client(t)
 		ctx := t.Context()
-		script := redis.NewScript(`return 1`)
 		// Cached, so the record's EVALSHA runs (a NOSCRIPT answer would
 		// need the EVAL of a caller that is gone).
 		require.NoError(t, recordScript.Load(ctx, c).Err())
-		require.NoError(t, script.Load(ctx, c).Err())
 		g := newGate()
 		c.AddHook(g)
 		r := New(c)
@@ -352,7 +263,6 @@ func TestCoalescedCallerGoneDuringSend(t *testing.T) {
 				_, errs := r.SetDedupMarks(ctx, []string{"gone-a", "gone-b"}, []string{"1", "2"}, time.Minute)
 				return errors.Join(errs...)
 			}},
-			{"EvalSha", func(ctx context.Context) error { return r.c.EvalSha(ctx, script.Hash(), nil).Err() }},
 		}
 		for _, tc := range calls {
 			t.Run(tc.name, func(t *testing.T) {

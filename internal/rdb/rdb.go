@@ -19,7 +19,7 @@ type Client struct {
 // New returns a Client on c. Its pipelines, the hot path's claim and
 // record among them, are coalesced with those of concurrent callers
 // (coalesce.go).
-func New(c redis.UniversalClient) *Client { return &Client{c: Coalesce(c)} }
+func New(c redis.UniversalClient) *Client { return &Client{c: coalesce(c)} }
 
 // raw is the go-redis client under the coalescing wrapper.
 func (r *Client) raw() redis.UniversalClient {
