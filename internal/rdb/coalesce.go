@@ -28,12 +28,16 @@ import (
 // pipelines relies on.
 
 // maxFlushers bounds the pipelines in flight at once; maxCoalesced the
-// callers in one of them. Two keep one slow round trip (a failover, a
-// stalled connection) from holding up every caller. Measured in the
-// throughput figure (BENCHMARKS.md): about 4 callers per round trip with
-// one flusher, 1.4 with four.
+// callers in one of them. One flusher makes the largest batches, so the
+// fewest round trips per task: measured in the throughput figure
+// (BENCHMARKS.md) about 4 callers per round trip with one flusher, 1.4
+// with four, and the worker's ratio to the naive worker 0.74 with one
+// against 0.66 with two (5 runs each, same session; 0.67 against 0.61 in an
+// earlier one). A slow round trip (a failover, a stalled connection) holds
+// up every caller behind it, as it would hold up their own round trips on
+// the same Redis; each caller still stops waiting when its context ends.
 const (
-	maxFlushers  = 2
+	maxFlushers  = 1
 	maxCoalesced = 128
 )
 
