@@ -123,6 +123,13 @@ type Detail struct {
 	Message string
 	// RetryAfter is the provider's wait hint for RateLimited, 0 if none.
 	RetryAfter time.Duration
+	// WaitsOnReturn is set by a local guard (our own rate limiter) that
+	// knows RetryAfter exactly and, when the task comes back, sleeps in
+	// place up to this long for the rest of it. The queue may then bring
+	// the task back early instead of late (see tasks.RetryPolicy.RetryDelay).
+	// A provider's own hint leaves it 0: coming back early to a provider
+	// would only earn another 429.
+	WaitsOnReturn time.Duration
 	// NotSent is true only when the request provably never reached the
 	// provider: no connection was ever obtained (DNS failure, connection
 	// refused, connect timeout, TLS failure) or it was refused before

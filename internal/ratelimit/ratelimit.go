@@ -166,6 +166,11 @@ func (r *Resender) Resend(ctx context.Context, req providers.Request) (providers
 				return providers.Result{}, limited
 			}
 		} else if waited+res.Wait > r.maxWait {
+			// Back from the queue, a fresh call waits up to maxWait in
+			// place, so the task may return early (tasks.RetryDelay). Not
+			// so after the refusals for a deadline: the next attempt's may
+			// be as short.
+			limited.WaitsOnReturn = r.maxWait
 			r.refusals.Add(1)
 			return providers.Result{}, limited
 		}
@@ -213,7 +218,10 @@ type Error struct {
 	Class      providers.Class
 	Rule       Rule
 	RetryAfter time.Duration
-	Err        error
+	// WaitsOnReturn is how long the limiter will wait in place when the
+	// task comes back (its maxWait), for providers.Detail.
+	WaitsOnReturn time.Duration
+	Err           error
 }
 
 func (e *Error) Error() string {
@@ -233,7 +241,7 @@ func (e *Error) Detail() providers.Detail {
 	if e.Err != nil {
 		msg = e.Err.Error()
 	}
-	return providers.Detail{Provider: e.Provider, Class: e.Class, Code: "local_rate_limit", Message: msg, RetryAfter: e.RetryAfter, NotSent: true}
+	return providers.Detail{Provider: e.Provider, Class: e.Class, Code: "local_rate_limit", Message: msg, RetryAfter: e.RetryAfter, NotSent: true, WaitsOnReturn: e.WaitsOnReturn}
 }
 
 var _ providers.Resender = (*Resender)(nil)

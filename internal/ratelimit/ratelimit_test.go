@@ -95,6 +95,7 @@ func TestLimitSharedAcrossWorkers(t *testing.T) {
 			require.True(t, d.NotSent)
 			require.Greater(t, d.RetryAfter, time.Duration(0))
 			require.LessOrEqual(t, d.RetryAfter, time.Second+Guard(time.Second))
+			require.Zero(t, d.WaitsOnReturn, "this limiter waits nothing in place: the task must not come back early")
 			require.NotContains(t, err.Error(), "the-api-key")
 			require.Contains(t, err.Error(), "our rate limit 4/1s reached")
 		}
@@ -186,11 +187,41 @@ func TestWaitPastDeadlineIsARequeue(t *testing.T) {
 		require.Equal(t, "local_rate_limit", d.Code)
 		require.Greater(t, d.RetryAfter, time.Second)
 		require.LessOrEqual(t, d.RetryAfter, 2*time.Second+Guard(2*time.Second))
+		require.Zero(t, d.WaitsOnReturn, "refused for the deadline: the next attempt's may be as short, so it must not come back early")
 		require.EqualValues(t, 1, next.n.Load())
 		// /metrics: one refusal, no wait in place.
 		r := w.(*Resender)
 		require.EqualValues(t, 1, r.Refusals())
 		require.Zero(t, r.Waits())
+	})
+}
+
+// TestRefusalPastMaxWaitComesBackEarly: a wait longer than maxWait is
+// refused with WaitsOnReturn = maxWait, and the task that comes back that
+// early (tasks.RetryDelay brings it back half of it early) waits the rest
+// in place and is sent no sooner than the rule allows.
+func TestRefusalPastMaxWaitComesBackEarly(t *testing.T) {
+	t.Parallel()
+	redistest.EachWithCluster(t, func(t *testing.T, b redistest.Backend) {
+		provider := &recordResender{}
+		w := Wrap(provider, b.Universal(t), providers.DigiCert, "k", []Rule{{N: 1, Per: 2 * time.Second}}, time.Second)
+		_, err := w.Resend(t.Context(), providers.Request{OrderID: "1"})
+		require.NoError(t, err)
+		_, err = w.Resend(t.Context(), providers.Request{OrderID: "2"})
+		d := providers.Describe(err)
+		require.Equal(t, providers.RateLimited, d.Class)
+		require.Greater(t, d.RetryAfter, time.Second, "longer than maxWait, so refused")
+		require.Equal(t, time.Second, d.WaitsOnReturn)
+
+		time.Sleep(d.RetryAfter - d.WaitsOnReturn/2) // the early requeue
+		_, err = w.Resend(t.Context(), providers.Request{OrderID: "2"})
+		require.NoError(t, err, "back early, it waited the rest in place")
+		r := w.(*Resender)
+		require.EqualValues(t, 1, r.Waits())
+		require.EqualValues(t, 1, r.Refusals())
+		got := provider.times
+		require.Len(t, got, 2)
+		require.GreaterOrEqual(t, got[1].Sub(got[0]), 2*time.Second, "sent no sooner than the rule allows")
 	})
 }
 

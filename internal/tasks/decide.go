@@ -98,7 +98,7 @@ func decide(e ending) decision {
 		dec.Outcome, dec.DeadLetter, dec.Return = outcome.Dead, d.Class.String(), &deadError{errors.New(msg)}
 	case d.Class == providers.RateLimited && !e.Last:
 		dec.Outcome, dec.RetryIn = outcome.RateLimited, d.RetryAfter
-		dec.Return = &RateLimitError{RetryIn: d.RetryAfter, Err: errors.New(msg)}
+		dec.Return = &RateLimitError{RetryIn: d.RetryAfter, WaitsOnReturn: d.WaitsOnReturn, Err: errors.New(msg)}
 	case e.Last:
 		// asynq archives the task when this attempt fails (for a rate limit
 		// too: a task with no budget left cannot bounce).

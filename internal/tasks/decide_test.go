@@ -107,6 +107,9 @@ func TestDecide(t *testing.T) {
 		{desc: "RateLimitedWithBudget", in: ending{Step: stepCall, Err: rateLimited},
 			want: decision{Outcome: outcome.RateLimited, Class: "rate_limited", Error: "429 too many requests", RetryIn: 5 * time.Second},
 			ret:  requeues},
+		{desc: "LocalRateLimitCarriesItsInPlaceWait", in: ending{Step: stepCall, Err: &fakeErr{msg: "local rate limit 100/5s reached", d: providers.Detail{Class: providers.RateLimited, Code: "local_rate_limit", RetryAfter: 4 * time.Second, WaitsOnReturn: 3 * time.Second, NotSent: true}}},
+			want: decision{Outcome: outcome.RateLimited, Class: "rate_limited", Error: "local rate limit 100/5s reached", RetryIn: 4 * time.Second},
+			ret:  requeues},
 		{desc: "RateLimitedWithoutHint", in: ending{Step: stepCall, Err: rateLimitedErr("429", 0)},
 			want: decision{Outcome: outcome.RateLimited, Class: "rate_limited", Error: "429"}, ret: requeues},
 		{desc: "RateLimitedWithoutBudget", in: ending{Step: stepCall, Err: rateLimited, Last: true},
@@ -146,6 +149,7 @@ func TestDecide(t *testing.T) {
 			var rl *RateLimitError
 			if errors.As(got.Return, &rl) {
 				require.Equal(t, tc.want.RetryIn, rl.RetryIn, "the wait asynq schedules")
+				require.Equal(t, providers.Describe(tc.in.Err).WaitsOnReturn, rl.WaitsOnReturn, "how early it may come back")
 			}
 			if tc.in.Step == stepCall && tc.in.Err != nil {
 				require.Equal(t, providers.Describe(tc.in.Err), got.Detail, "the provider's answer is recorded")

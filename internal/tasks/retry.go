@@ -62,6 +62,17 @@ func (p RetryPolicy) Delay(n int) time.Duration {
 
 // RetryDelay is asynq's Config.RetryDelayFunc: a rate-limited attempt waits
 // for the provider's hint, everything else follows the exponential schedule.
+//
+// A refusal by our own limiter comes back early by half of the wait the
+// limiter takes in place on its return (WaitsOnReturn), and the limiter
+// sleeps the rest to the exact slot. asynq scores retries in whole seconds
+// and moves due ones to pending once per DelayedTaskCheckInterval (1 s in
+// the worker), so a task requeued for exactly its wait reaches the worker
+// anywhere from 1 s early to 1 s late (docs/asynq.md §3). Late is what
+// costs: the rolling window's next slots open from the arrivals of the
+// last, so each second lost at one window boundary is lost again at every
+// later one. Half of the limiter's 3 s lands the task 2.5 s to 0.5 s before
+// its slot, inside the in-place wait, with room for the pickup.
 func (p RetryPolicy) RetryDelay(n int, err error, _ *asynq.Task) time.Duration {
 	var rl *RateLimitError
 	if errors.As(err, &rl) {
@@ -69,6 +80,7 @@ func (p RetryPolicy) RetryDelay(n int, err error, _ *asynq.Task) time.Duration {
 		if d <= 0 {
 			d = p.RateLimitWait
 		}
+		d -= max(rl.WaitsOnReturn, 0) / 2
 		return max(d, time.Second) // asynq schedules in whole seconds
 	}
 	return p.Delay(n)
@@ -78,7 +90,10 @@ func (p RetryPolicy) RetryDelay(n int, err error, _ *asynq.Task) time.Duration {
 // spending its retry budget (see IsFailure).
 type RateLimitError struct {
 	RetryIn time.Duration
-	Err     error
+	// WaitsOnReturn is providers.Detail.WaitsOnReturn: how long the guard
+	// that refused waits in place when the task comes back.
+	WaitsOnReturn time.Duration
+	Err           error
 }
 
 func (e *RateLimitError) Error() string { return e.Err.Error() }

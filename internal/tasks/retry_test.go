@@ -123,6 +123,8 @@ func TestRetryPolicyRetryDelay(t *testing.T) {
 		{"rate limit hint wrapped", 0, fmt.Errorf("attempt: %w", &RateLimitError{RetryIn: 90 * time.Second, Err: errors.New("429")}), 90 * time.Second, 90 * time.Second},
 		{"rate limit sub-second hint rounds up to 1s", 5, &RateLimitError{RetryIn: 20 * time.Millisecond, Err: errors.New("429")}, time.Second, time.Second},
 		{"rate limit without hint", 5, &RateLimitError{Err: errors.New("429")}, 45 * time.Second, 45 * time.Second},
+		{"our limiter's refusal comes back early by half its in-place wait", 2, &RateLimitError{RetryIn: 5 * time.Second, WaitsOnReturn: 3 * time.Second, Err: errors.New("local")}, 3500 * time.Millisecond, 3500 * time.Millisecond},
+		{"our limiter's short refusal still waits 1s", 2, &RateLimitError{RetryIn: 2 * time.Second, WaitsOnReturn: 3 * time.Second, Err: errors.New("local")}, time.Second, time.Second},
 		{"rate limit negative hint", 5, &RateLimitError{RetryIn: -time.Second, Err: errors.New("429")}, 45 * time.Second, 45 * time.Second},
 		{"other error n=0", 0, errors.New("boom"), 24 * time.Second, 36 * time.Second},
 		{"other error n=2", 2, errors.New("boom"), 96 * time.Second, 144 * time.Second},
