@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"os/exec"
 	"strconv"
 	"strings"
 	"sync"
@@ -28,7 +27,7 @@ type Cluster struct {
 	// takes.
 	Addrs []string
 
-	procs []*exec.Cmd
+	procs []*proc
 	dir   string // removed on stop when the cluster made it
 }
 
@@ -94,10 +93,7 @@ func (c *Cluster) Backend() Backend { return Backend{Name: "cluster", Cluster: c
 
 func (c *Cluster) stop() {
 	for _, p := range c.procs {
-		if p.Process != nil {
-			_ = p.Process.Kill()
-			_, _ = p.Process.Wait()
-		}
+		p.kill()
 	}
 	if c.dir != "" {
 		_ = os.RemoveAll(c.dir)
@@ -121,35 +117,37 @@ func startCluster(dir string) (*Cluster, error) {
 		}
 	}()
 	for i := range ClusterMasters {
-		port, err := freePort()
+		var addr string
+		var bus int
+		err := retryPorts(func() error {
+			port, err := freePort()
+			if err != nil {
+				return err
+			}
+			// The cluster bus port defaults to port+10000, which may be
+			// taken or beyond 65535: ask for a free one too.
+			if bus, err = freePort(); err != nil {
+				return err
+			}
+			p := strconv.Itoa(port)
+			addr = "127.0.0.1:" + p
+			node, err := launch(bin, []string{
+				"--port", p, "--bind", "127.0.0.1", "--cluster-enabled", "yes",
+				"--cluster-port", strconv.Itoa(bus),
+				"--cluster-config-file", fmt.Sprintf("nodes-%d-%s.conf", i, p),
+				"--cluster-node-timeout", "5000",
+				"--save", "", "--appendonly", "no", "--dir", dir,
+				"--maxmemory-policy", "noeviction"}, "", nil, addr)
+			if err == nil {
+				c.procs = append(c.procs, node)
+			}
+			return err
+		})
 		if err != nil {
 			return nil, err
 		}
-		// The cluster bus port defaults to port+10000, which may be taken
-		// or beyond 65535 for an ephemeral port: ask for a free one too.
-		bus, err := freePort()
-		if err != nil {
-			return nil, err
-		}
-		p := strconv.Itoa(port)
-		cmd := exec.Command(bin,
-			"--port", p, "--bind", "127.0.0.1", "--cluster-enabled", "yes",
-			"--cluster-port", strconv.Itoa(bus),
-			"--cluster-config-file", fmt.Sprintf("nodes-%d-%s.conf", i, p),
-			"--cluster-node-timeout", "5000",
-			"--save", "", "--appendonly", "no", "--dir", dir,
-			"--maxmemory-policy", "noeviction")
-		setDeathSignal(cmd)
-		if err := cmd.Start(); err != nil {
-			return nil, err
-		}
-		c.procs = append(c.procs, cmd)
 		buses = append(buses, bus)
-		addr := "127.0.0.1:" + p
 		c.Addrs = append(c.Addrs, addr)
-		if err := waitPing(addr); err != nil {
-			return nil, err
-		}
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()

@@ -27,10 +27,8 @@ package redistest
 import (
 	"context"
 	"fmt"
-	"net"
 	"net/url"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"sync"
@@ -159,7 +157,8 @@ var (
 	once    sync.Once
 	baseURL string
 	baseErr error
-	proc    *exec.Cmd
+	// sharedProc is the redis-server start launched, if any.
+	sharedProc *proc
 )
 
 // server returns the base URL (without database) of the real server: the
@@ -215,26 +214,24 @@ func start() (string, error) {
 	if err != nil {
 		return "", err
 	}
-	port, err := freePort()
-	if err != nil {
-		return "", err
-	}
 	dir, err := os.MkdirTemp("", "certmail-redis-")
 	if err != nil {
 		return "", err
 	}
-	cmd := exec.Command(bin,
-		"--port", strconv.Itoa(port), "--bind", "127.0.0.1",
-		"--save", "", "--appendonly", "no", "--dir", dir,
-		"--databases", "16", "--maxmemory-policy", "noeviction")
-	setDeathSignal(cmd)
-	if err := cmd.Start(); err != nil {
-		return "", err
-	}
-	proc = cmd
-	addr := fmt.Sprintf("127.0.0.1:%d", port)
-	if err := waitPing(addr); err != nil {
-		_ = cmd.Process.Kill()
+	var addr string
+	err = retryPorts(func() error {
+		port, err := freePort()
+		if err != nil {
+			return err
+		}
+		addr = fmt.Sprintf("127.0.0.1:%d", port)
+		sharedProc, err = launch(bin, []string{
+			"--port", strconv.Itoa(port), "--bind", "127.0.0.1",
+			"--save", "", "--appendonly", "no", "--dir", dir,
+			"--databases", "16", "--maxmemory-policy", "noeviction"}, "", nil, addr)
+		return err
+	})
+	if err != nil {
 		return "", err
 	}
 	return "redis://" + addr, nil
@@ -246,10 +243,7 @@ func start() (string, error) {
 // test binary exits only if the caller does so, hence the helper.
 func Stop() {
 	stopShared()
-	if proc != nil && proc.Process != nil {
-		_ = proc.Process.Kill()
-		_, _ = proc.Process.Wait()
-	}
+	sharedProc.kill()
 }
 
 // Main is a TestMain helper: it runs the tests and stops the server.
@@ -257,15 +251,6 @@ func Main(m interface{ Run() int }) {
 	code := m.Run()
 	Stop()
 	os.Exit(code)
-}
-
-func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
 }
 
 func markReal(t testing.TB) {

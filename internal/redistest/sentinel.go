@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -27,7 +26,7 @@ type SentinelSet struct {
 	bin       string
 	servers   []*Server // the first started as primary, the second as its replica
 	sentinels []string  // addresses
-	procs     []*exec.Cmd
+	procs     []*proc
 
 	mu     sync.Mutex
 	killed *Server
@@ -56,40 +55,41 @@ func StartSentinel(t testing.TB) *SentinelSet {
 	s.servers = []*Server{primary, replica}
 	dir := t.TempDir()
 	for i := range 3 {
-		p, err := freePort()
+		logf, err := os.Create(filepath.Join(dir, fmt.Sprintf("sentinel-%d.log", i))) // read when a test fails
 		if err != nil {
 			t.Fatalf("redistest: %v", err)
 		}
-		conf := filepath.Join(dir, fmt.Sprintf("sentinel-%d.conf", i))
-		body := fmt.Sprintf("port %d\nbind 127.0.0.1\ndir %s\n"+
-			"sentinel monitor %s %s %s 2\n"+
-			"sentinel down-after-milliseconds %[3]s 1000\n"+
-			"sentinel failover-timeout %[3]s 5000\n"+
-			"sentinel parallel-syncs %[3]s 1\n", p, dir, SentinelMaster, host, port)
-		if err := os.WriteFile(conf, []byte(body), 0o644); err != nil {
-			t.Fatalf("redistest: %v", err)
-		}
-		cmd := exec.Command(s.bin, conf, "--sentinel")
-		cmd.Dir = dir
-		if logf, err := os.Create(filepath.Join(dir, fmt.Sprintf("sentinel-%d.log", i))); err == nil {
-			cmd.Stdout, cmd.Stderr = logf, logf // read when a test fails
-			t.Cleanup(func() { _ = logf.Close() })
-		}
-		setDeathSignal(cmd)
-		if err := cmd.Start(); err != nil {
+		t.Cleanup(func() { _ = logf.Close() })
+		var addr string
+		err = retryPorts(func() error {
+			p, err := freePort()
+			if err != nil {
+				return err
+			}
+			conf := filepath.Join(dir, fmt.Sprintf("sentinel-%d.conf", i))
+			body := fmt.Sprintf("port %d\nbind 127.0.0.1\ndir %s\n"+
+				"sentinel monitor %s %s %s 2\n"+
+				"sentinel down-after-milliseconds %[3]s 1000\n"+
+				"sentinel failover-timeout %[3]s 5000\n"+
+				"sentinel parallel-syncs %[3]s 1\n", p, dir, SentinelMaster, host, port)
+			if err := os.WriteFile(conf, []byte(body), 0o644); err != nil {
+				return err
+			}
+			addr = "127.0.0.1:" + strconv.Itoa(p)
+			sp, err := launch(s.bin, []string{conf, "--sentinel"}, dir, logf, addr)
+			if err == nil {
+				s.procs = append(s.procs, sp)
+			}
+			return err
+		})
+		if err != nil {
 			t.Fatalf("redistest: start sentinel: %v", err)
 		}
-		s.procs = append(s.procs, cmd)
-		addr := "127.0.0.1:" + strconv.Itoa(p)
 		s.sentinels = append(s.sentinels, addr)
-		if err := waitPing(addr); err != nil {
-			t.Fatalf("redistest: %v", err)
-		}
 	}
 	t.Cleanup(func() {
-		for _, c := range s.procs {
-			_ = c.Process.Kill()
-			_, _ = c.Process.Wait()
+		for _, p := range s.procs {
+			p.kill()
 		}
 	})
 	s.waitSeen(primary.Addr(), 30*time.Second)

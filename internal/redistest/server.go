@@ -1,16 +1,13 @@
 package redistest
 
 import (
-	"context"
 	"errors"
-	"fmt"
 	"net/url"
 	"os"
 	"os/exec"
 	"strconv"
 	"sync"
 	"testing"
-	"time"
 
 	"github.com/redis/go-redis/v9"
 )
@@ -47,7 +44,7 @@ type Server struct {
 	url string // with the database
 
 	mu    sync.Mutex
-	proc  *exec.Cmd // own server while running
+	proc  *proc // own server while running
 	bin   string
 	args  []string
 	addr  string
@@ -64,16 +61,21 @@ func Own(t testing.TB, args ...string) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	port, err := freePort()
-	if err != nil {
-		return nil, err
-	}
-	s := &Server{t: t, bin: bin, addr: "127.0.0.1:" + strconv.Itoa(port)}
-	s.args = append([]string{"--port", strconv.Itoa(port), "--bind", "127.0.0.1",
-		"--save", "", "--appendonly", "no", "--dir", t.TempDir()}, args...)
-	s.url = "redis://" + s.addr + "/0"
+	s := &Server{t: t, bin: bin}
+	dir := t.TempDir()
 	t.Cleanup(s.Stop)
-	if err := s.launch(); err != nil {
+	err = retryPorts(func() error {
+		port, err := freePort()
+		if err != nil {
+			return err
+		}
+		s.addr = "127.0.0.1:" + strconv.Itoa(port)
+		s.args = append([]string{"--port", strconv.Itoa(port), "--bind", "127.0.0.1",
+			"--save", "", "--appendonly", "no", "--dir", dir}, args...)
+		s.url = "redis://" + s.addr + "/0"
+		return s.launch()
+	})
+	if err != nil {
 		return nil, err
 	}
 	markReal(t)
@@ -128,10 +130,7 @@ func (s *Server) Stop() {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.proc != nil && s.proc.Process != nil {
-		_ = s.proc.Process.Kill()
-		_, _ = s.proc.Process.Wait()
-	}
+	s.proc.kill()
 	s.proc = nil
 }
 
@@ -156,38 +155,10 @@ func (s *Server) launch() error {
 	if s.proc != nil {
 		return nil
 	}
-	cmd := exec.Command(s.bin, s.args...)
-	setDeathSignal(cmd)
-	if err := cmd.Start(); err != nil {
+	p, err := launch(s.bin, s.args, "", nil, s.addr)
+	if err != nil {
 		return err
 	}
-	s.proc = cmd
-	if err := waitPing(s.addr); err != nil {
-		_ = cmd.Process.Kill()
-		_, _ = cmd.Process.Wait()
-		s.proc = nil
-		return err
-	}
+	s.proc = p
 	return nil
-}
-
-// waitPing waits up to 10 s for a server on addr to answer (any reply, an
-// authentication error included, proves it is up).
-func waitPing(addr string) error {
-	c := redis.NewClient(&redis.Options{Addr: addr, MaxRetries: -1})
-	defer c.Close()
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		err := c.Ping(ctx).Err()
-		cancel()
-		var rerr redis.Error
-		if err == nil || errors.As(err, &rerr) {
-			return nil
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("redis-server on %s did not answer: %w", addr, err)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
 }
