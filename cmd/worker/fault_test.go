@@ -9,7 +9,6 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
-	"net"
 	"net/http"
 	"strconv"
 	"strings"
@@ -175,13 +174,13 @@ func successes(t *testing.T, s *faultSims) map[string]int {
 	return n
 }
 
+// freeAddr is a loopback address for the worker's HTTP server, known
+// before the worker starts (readyz is polled through the Redis outage).
 func freeAddr(t *testing.T) string {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	p, err := redistest.FreePort()
 	require.NoError(t, err)
-	addr := l.Addr().String()
-	require.NoError(t, l.Close())
-	return addr
+	return "127.0.0.1:" + strconv.Itoa(p)
 }
 
 func readyz(addr string) int {

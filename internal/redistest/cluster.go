@@ -120,13 +120,13 @@ func startCluster(dir string) (*Cluster, error) {
 		var addr string
 		var bus int
 		err := retryPorts(func() error {
-			port, err := freePort()
+			port, err := FreePort()
 			if err != nil {
 				return err
 			}
 			// The cluster bus port defaults to port+10000, which may be
 			// taken or beyond 65535: ask for a free one too.
-			if bus, err = freePort(); err != nil {
+			if bus, err = FreePort(); err != nil {
 				return err
 			}
 			p := strconv.Itoa(port)

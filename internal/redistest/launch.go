@@ -18,12 +18,12 @@ import (
 )
 
 // Every redis-server and Sentinel this package starts goes through launch,
-// on ports from freePort, and is started again on new ports by
+// on ports from FreePort, and is started again on new ports by
 // retryPorts when it could not bind them.
 
 // errPortTaken is a redis-server that did not get its port: it ended
 // before it answered, or another server answered there. Its port was
-// taken between freePort and its bind; retryPorts starts it again.
+// taken between FreePort and its bind; retryPorts starts it again.
 var errPortTaken = errors.New("redis-server did not get its port")
 
 // launchAttempts bounds retryPorts.
@@ -106,7 +106,7 @@ func (p *proc) kill() {
 }
 
 // retryPorts calls start until it returns anything but errPortTaken, at most
-// launchAttempts times; start takes new ports from freePort on each call.
+// launchAttempts times; start takes new ports from FreePort on each call.
 func retryPorts(start func() error) error {
 	var err error
 	for range launchAttempts {
@@ -148,16 +148,17 @@ var (
 	portsLent = map[int]bool{}
 )
 
-// freePort returns a loopback TCP port that nothing listens on and that
+// FreePort returns a loopback TCP port that nothing listens on and that
 // this process has not handed out before (a stopped Server starts again on
-// its own port). It is picked below the kernel's ephemeral range where
+// its own port): for any server a test starts on a port it must know in
+// advance. It is picked below the kernel's ephemeral range where
 // that range is known: a port from it (the kernel's choice for port 0) is
 // free when asked, but the suite opens thousands of connections, and any
 // of them may take it as its local port before redis-server binds it;
 // redis-server then exits with "Address already in use" (a failed CI run).
 // Another test process may still pick the same port at the same moment:
 // retryPorts covers that.
-func freePort() (int, error) {
+func FreePort() (int, error) {
 	portMu.Lock()
 	defer portMu.Unlock()
 	if lo, hi := belowEphemeral(); hi > lo {
@@ -190,7 +191,7 @@ func freePort() (int, error) {
 	return 0, errors.New("redistest: no free loopback port")
 }
 
-// belowEphemeral is the range [lo, hi) of ports freePort picks from: from
+// belowEphemeral is the range [lo, hi) of ports FreePort picks from: from
 // 10000 up to the start of Linux's ephemeral range
 // (/proc/sys/net/ipv4/ip_local_port_range, 32768 by default; macOS and
 // Windows start theirs at 49152). Empty when that start is unknown or too

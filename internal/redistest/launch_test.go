@@ -78,7 +78,7 @@ func TestFreePort(t *testing.T) {
 	lo, hi := belowEphemeral()
 	seen := map[int]bool{}
 	for range 50 {
-		p, err := freePort()
+		p, err := FreePort()
 		require.NoError(t, err)
 		require.False(t, seen[p], "port %d handed out twice", p)
 		seen[p] = true

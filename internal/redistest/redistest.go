@@ -220,7 +220,7 @@ func start() (string, error) {
 	}
 	var addr string
 	err = retryPorts(func() error {
-		port, err := freePort()
+		port, err := FreePort()
 		if err != nil {
 			return err
 		}

@@ -62,7 +62,7 @@ func StartSentinel(t testing.TB) *SentinelSet {
 		t.Cleanup(func() { _ = logf.Close() })
 		var addr string
 		err = retryPorts(func() error {
-			p, err := freePort()
+			p, err := FreePort()
 			if err != nil {
 				return err
 			}

@@ -65,7 +65,7 @@ func Own(t testing.TB, args ...string) (*Server, error) {
 	dir := t.TempDir()
 	t.Cleanup(s.Stop)
 	err = retryPorts(func() error {
-		port, err := freePort()
+		port, err := FreePort()
 		if err != nil {
 			return err
 		}
