@@ -384,7 +384,10 @@ const poolSpare = 16
 // A task the rate limiter sends back is due exactly when its slot frees;
 // asynq's default (5 s) would let the slot go unused for up to that long,
 // cycle after cycle of a backlog (400 tasks under 20/1s,100/10s took 1.46x
-// the fastest legal time). One small script a second per worker.
+// the fastest legal time). One small script a second per worker. The
+// limiter's requeue comes back 1.5 s early to absorb this poll and asynq's
+// whole-second scores; TestLimiterRequeueMeetsItsSlot fails if this grows
+// past what that lead covers.
 const delayedTaskCheck = time.Second
 
 // capInFlight puts a (rate-limited) client behind the fleet-wide in-flight
